@@ -1,0 +1,61 @@
+"""The exception hierarchy.
+
+Two families, both subclasses of :class:`ValueError` so that callers who only know the
+standard library still catch them:
+
+* :class:`ConfigError`: the *caller* misused the API (bad ``k``, NaN input, wrong side
+  information). The message says how to fix the call.
+* :class:`FrameError`: the *bytes* are not a valid frame (truncated, corrupted, crafted).
+  Decoders raise only subclasses of it on hostile input, never ``IndexError``, ``MemoryError``
+  or a segfault.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "SparseCodecError",
+    "ConfigError",
+    "FrameError",
+    "TruncatedFrameError",
+    "BadMagicError",
+    "UnsupportedVersionError",
+    "ChecksumError",
+    "CorruptFrameError",
+    "LimitExceededError",
+]
+
+
+class SparseCodecError(Exception):
+    """Base class of every error sparsecodec raises on purpose."""
+
+
+class ConfigError(SparseCodecError, ValueError):
+    """Misuse: an invalid configuration, argument or input array."""
+
+
+class FrameError(SparseCodecError, ValueError):
+    """The bytes given to a decoder are not a valid frame."""
+
+
+class TruncatedFrameError(FrameError):
+    """The buffer ends before the frame does."""
+
+
+class BadMagicError(FrameError):
+    """The buffer does not start with the sparsecodec magic bytes."""
+
+
+class UnsupportedVersionError(FrameError):
+    """The frame was written by a format version this library cannot read."""
+
+
+class ChecksumError(FrameError):
+    """The CRC-32 stored in the frame does not match its content."""
+
+
+class CorruptFrameError(FrameError):
+    """A field or payload is inconsistent (bad id, out-of-range index, trailing bytes, ...)."""
+
+
+class LimitExceededError(FrameError):
+    """The frame declares more elements than the caller's ``max_numel`` allows."""

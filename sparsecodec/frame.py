@@ -1,0 +1,360 @@
+"""Wire format: preamble, sections, checksum and exact bit accounting.
+
+Every message sparsecodec produces is a *frame*::
+
+    offset  size  field
+    0       2     magic  b"SC"
+    2       1     format version (FORMAT_VERSION)
+    3       1     flags  (bit 0: a CRC-32 trailer is present; other bits must be zero)
+    4       1     codec wire id (see ``sparsecodec.registry``)
+    5       ...   codec body (self-describing: dtype, shape, codec parameters, payload)
+    end-4   4     CRC-32 (little-endian) of every preceding byte, if flag bit 0 is set
+
+A *bundle* (``sparsecodec.bundle``) uses the same preamble with wire id ``BUNDLE_WIRE_ID``
+and carries several codec bodies, each prefixed with its name and length, under one
+checksum.
+
+Integers inside bodies are unsigned LEB128 varints in canonical (shortest) form; a
+non-canonical varint is a corrupt frame, so one value has exactly one encoding.
+
+Accounting is exact: a :class:`Frame` knows how many bits each *section* occupies
+(``header``, ``index``, ``values``, ``mask``, ``checksum``...) and the sections always add up
+to ``8 * len(bytes(frame))``. Sections are byte-aligned; the padding bits of a bit-packed
+section are counted in that section.
+
+Example:
+    >>> w = FrameWriter(wire_id=2, checksum=True)
+    >>> w.varint(1000, "header")
+    >>> frame = w.finish(numel=1000, codec_id="dense")
+    >>> frame.nbits == 8 * len(bytes(frame))
+    True
+    >>> r = FrameReader(bytes(frame))
+    >>> (r.wire_id, r.varint("numel", 10**6))
+    (2, 1000)
+    >>> r.expect_end()
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import numpy as np
+
+from .errors import (
+    BadMagicError,
+    ChecksumError,
+    ConfigError,
+    CorruptFrameError,
+    LimitExceededError,
+    TruncatedFrameError,
+    UnsupportedVersionError,
+)
+
+__all__ = [
+    "MAGIC",
+    "FORMAT_VERSION",
+    "DEFAULT_MAX_NUMEL",
+    "BUNDLE_WIRE_ID",
+    "Frame",
+    "FrameInfo",
+    "FrameWriter",
+    "FrameReader",
+    "frame_info",
+    "DTYPE_CODES",
+    "encode_varint",
+]
+
+MAGIC = b"SC"
+FORMAT_VERSION = 1
+PREAMBLE_BYTES = 5          # magic + version + flags + wire id
+CRC_BYTES = 4
+FLAG_CHECKSUM = 0x01
+_KNOWN_FLAGS = FLAG_CHECKSUM
+BUNDLE_WIRE_ID = 0x7F
+MAX_NDIM = 32
+
+#: Decoders refuse frames declaring more elements than this unless the caller raises it.
+#: 2**31 float32 elements is 8 GiB: more than any single model tensor sent in FL.
+DEFAULT_MAX_NUMEL = 1 << 31
+
+# dtype codes on the wire. Stable: never renumber, only append.
+DTYPE_CODES: dict[str, int] = {"float32": 1, "float64": 2, "float16": 3, "bool": 4, "uint8": 5}
+_DTYPE_FROM_CODE = {v: np.dtype(k) for k, v in DTYPE_CODES.items()}
+
+
+def encode_varint(value: int) -> bytes:
+    """Unsigned LEB128 (shortest form)."""
+    if value < 0:
+        raise ConfigError(f"varint must be >= 0, got {value}")
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """An encoded message: the bytes that travel plus their exact bit breakdown.
+
+    ``bytes(frame)`` is what goes on the wire. ``frame.sections`` maps section name to bits
+    and sums to ``frame.nbits == 8 * len(bytes(frame))``.
+    """
+
+    data: bytes
+    sections: Mapping[str, int]
+    numel: int
+    codec_id: str
+    meta: Mapping[str, object] = field(default_factory=dict)
+
+    def __bytes__(self) -> bytes:
+        return self.data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def nbits(self) -> int:
+        """Exact size in bits: ``8 * len(bytes(self))``."""
+        return 8 * len(self.data)
+
+    @property
+    def bpp(self) -> float:
+        """Bits per parameter, everything included."""
+        return self.nbits / self.numel if self.numel else float("nan")
+
+    @property
+    def payload_bpp(self) -> float:
+        """Bits per parameter without the fixed overhead (header and checksum sections)."""
+        fixed = self.sections.get("header", 0) + self.sections.get("checksum", 0)
+        return (self.nbits - fixed) / self.numel if self.numel else float("nan")
+
+    def __repr__(self) -> str:
+        secs = ", ".join(f"{k}={v}" for k, v in self.sections.items())
+        return f"Frame({self.codec_id}, numel={self.numel}, nbits={self.nbits}: {secs})"
+
+
+class FrameWriter:
+    """Builds a frame (or a bare codec body) and counts bytes per section."""
+
+    __slots__ = ("_buf", "_sections", "_checksum", "_body_only")
+
+    def __init__(self, wire_id: int | None = None, *, checksum: bool = False,
+                 body_only: bool = False) -> None:
+        self._buf = bytearray()
+        self._sections: dict[str, int] = {}
+        self._checksum = checksum
+        self._body_only = body_only
+        if not body_only:
+            flags = FLAG_CHECKSUM if checksum else 0
+            self.raw(MAGIC + bytes([FORMAT_VERSION, flags, wire_id]), "header")
+        elif wire_id is not None:
+            self.u8(wire_id, "header")
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def _count(self, section: str, nbytes: int) -> None:
+        self._sections[section] = self._sections.get(section, 0) + 8 * nbytes
+
+    def u8(self, value: int, section: str) -> None:
+        self._buf.append(value)
+        self._count(section, 1)
+
+    def varint(self, value: int, section: str) -> None:
+        b = encode_varint(int(value))
+        self._buf += b
+        self._count(section, len(b))
+
+    def raw(self, data, section: str) -> None:
+        mv = memoryview(data).cast("B")
+        self._buf += mv
+        self._count(section, mv.nbytes)
+
+    def tensor_header(self, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        """dtype code, ndim, dims: the part every tensor codec shares (section ``header``)."""
+        name = np.dtype(dtype).name
+        if name not in DTYPE_CODES:
+            raise ConfigError(f"dtype {name} cannot be framed; supported: {sorted(DTYPE_CODES)}")
+        if len(shape) > MAX_NDIM:
+            raise ConfigError(f"at most {MAX_NDIM} dimensions, got {len(shape)}")
+        self.u8(DTYPE_CODES[name], "header")
+        self.u8(len(shape), "header")
+        for d in shape:
+            self.varint(d, "header")
+
+    def add_sections(self, sections: Mapping[str, int]) -> None:
+        """Merge the section counts of an embedded body (bundles)."""
+        for k, v in sections.items():
+            self._sections[k] = self._sections.get(k, 0) + v
+
+    def body(self) -> tuple[bytes, dict[str, int]]:
+        """The bytes and sections written so far (for a bundle entry)."""
+        return bytes(self._buf), dict(self._sections)
+
+    def finish(self, numel: int, codec_id: str, meta: Mapping[str, object] | None = None) -> Frame:
+        if self._checksum:
+            crc = zlib.crc32(self._buf) & 0xFFFFFFFF
+            self.raw(crc.to_bytes(4, "little"), "checksum")
+        sections = {k: v for k, v in self._sections.items()}
+        return Frame(bytes(self._buf), sections, int(numel), codec_id, dict(meta or {}))
+
+
+class FrameReader:
+    """Cursor over untrusted bytes. Every read is checked against the buffer first.
+
+    Constructing it validates the preamble and, when the frame carries one, the CRC-32.
+    Codec bodies are then read field by field; :meth:`expect_end` rejects trailing bytes.
+    """
+
+    __slots__ = ("buf", "pos", "end", "wire_id", "has_checksum", "max_numel")
+
+    def __init__(self, data, *, max_numel: int = DEFAULT_MAX_NUMEL, body_only: bool = False,
+                 start: int = 0, end: int | None = None) -> None:
+        try:
+            buf = memoryview(data).cast("B")
+        except TypeError as exc:
+            raise ConfigError(f"decode() needs a bytes-like object, got {type(data).__name__}") from exc
+        self.buf = buf
+        self.pos = start
+        self.end = len(buf) if end is None else end
+        self.max_numel = int(max_numel)
+        self.has_checksum = False
+        if body_only:
+            self.wire_id = self.u8("codec wire id")
+            return
+        if self.end - self.pos < PREAMBLE_BYTES:
+            if bytes(buf[: min(2, self.end)]) != MAGIC[: min(2, self.end)]:
+                raise BadMagicError("not a sparsecodec frame: bad magic bytes")
+            raise TruncatedFrameError(
+                f"truncated frame: {self.end} bytes is shorter than the {PREAMBLE_BYTES}-byte preamble")
+        if bytes(buf[0:2]) != MAGIC:
+            raise BadMagicError(f"not a sparsecodec frame: magic is {bytes(buf[0:2])!r}, expected {MAGIC!r}")
+        version = buf[2]
+        if version != FORMAT_VERSION:
+            raise UnsupportedVersionError(
+                f"frame format version {version} is not supported by this sparsecodec "
+                f"(reads version {FORMAT_VERSION}); upgrade sparsecodec to read it")
+        flags = buf[3]
+        if flags & ~_KNOWN_FLAGS:
+            raise CorruptFrameError(f"unknown flag bits 0x{flags & ~_KNOWN_FLAGS:02x} in frame header")
+        if flags & FLAG_CHECKSUM:
+            if self.end < PREAMBLE_BYTES + CRC_BYTES:
+                raise TruncatedFrameError("truncated frame: no room for its CRC-32 trailer")
+            self.end -= CRC_BYTES
+            stored = int.from_bytes(buf[self.end:self.end + CRC_BYTES], "little")
+            actual = zlib.crc32(buf[: self.end]) & 0xFFFFFFFF
+            if stored != actual:
+                raise ChecksumError(
+                    f"CRC-32 mismatch (stored {stored:08x}, computed {actual:08x}): the frame was "
+                    "corrupted or truncated in transit")
+            self.has_checksum = True
+        self.pos = 4
+        self.wire_id = self.u8("codec wire id")
+
+    # -- primitive reads -------------------------------------------------------------------
+    @property
+    def remaining(self) -> int:
+        return self.end - self.pos
+
+    def _need(self, n: int, what: str) -> None:
+        if n < 0 or self.pos + n > self.end:
+            raise TruncatedFrameError(
+                f"truncated frame: {what} needs {n} bytes at offset {self.pos}, only "
+                f"{self.end - self.pos} left")
+
+    def u8(self, what: str) -> int:
+        self._need(1, what)
+        v = self.buf[self.pos]
+        self.pos += 1
+        return v
+
+    def varint(self, what: str, max_value: int) -> int:
+        """A canonical LEB128 varint that must be ``<= max_value``."""
+        value = 0
+        shift = 0
+        start = self.pos
+        while True:
+            if self.pos >= self.end:
+                raise TruncatedFrameError(f"truncated frame: varint {what} at offset {start} is cut off")
+            byte = self.buf[self.pos]
+            self.pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                if byte == 0 and shift > 7:
+                    raise CorruptFrameError(f"{what}: non-canonical varint at offset {start}")
+                break
+            if shift > 63:
+                raise CorruptFrameError(f"{what}: varint at offset {start} is longer than 9 bytes")
+            if value > max_value:  # early exit: no need to read further
+                break
+        if value > max_value:
+            raise CorruptFrameError(f"{what} = {value} exceeds its limit {max_value}")
+        return value
+
+    def take(self, n: int, what: str) -> memoryview:
+        self._need(n, what)
+        mv = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return mv
+
+    def take_rest(self) -> memoryview:
+        return self.take(self.end - self.pos, "rest")
+
+    def expect_end(self) -> None:
+        if self.pos != self.end:
+            raise CorruptFrameError(
+                f"{self.end - self.pos} unexpected trailing bytes after the end of the frame body")
+
+    # -- shared structures -----------------------------------------------------------------
+    def tensor_header(self) -> tuple[np.dtype, tuple[int, ...], int]:
+        """Read dtype, shape; check numel against ``max_numel``. Returns (dtype, shape, numel)."""
+        code = self.u8("dtype code")
+        if code not in _DTYPE_FROM_CODE:
+            raise CorruptFrameError(f"unknown dtype code {code}")
+        ndim = self.u8("ndim")
+        if ndim > MAX_NDIM:
+            raise CorruptFrameError(f"ndim {ndim} exceeds the maximum {MAX_NDIM}")
+        shape = []
+        numel = 1
+        for i in range(ndim):
+            d = self.varint(f"dim {i}", self.max_numel)
+            shape.append(d)
+            numel *= d
+            if numel > self.max_numel:
+                raise LimitExceededError(
+                    f"frame declares more than max_numel={self.max_numel} elements (shape so far "
+                    f"{tuple(shape)}); pass a larger max_numel to decode() if this is intended")
+        return _DTYPE_FROM_CODE[code], tuple(shape), numel
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    """What the preamble says, readable without decoding the payload."""
+
+    format_version: int
+    wire_id: int
+    codec_id: str
+    has_checksum: bool
+    nbytes: int
+
+
+def frame_info(data) -> FrameInfo:
+    """Inspect a frame's preamble (and verify its checksum) without decoding the payload.
+
+    >>> import numpy as np, sparsecodec as sc
+    >>> sc.frame_info(bytes(sc.Dense().encode(np.zeros(3, np.float32)))).codec_id
+    'dense'
+    """
+    from .registry import codec_name_for_wire_id
+
+    r = FrameReader(data)
+    return FrameInfo(FORMAT_VERSION, r.wire_id, codec_name_for_wire_id(r.wire_id),
+                     r.has_checksum, len(r.buf))
