@@ -7,9 +7,9 @@ decode it without knowing the configuration.
 
 Subclasses implement two body-level methods, which bundles reuse:
 
-* ``_write_body(x, w, **side) -> x_hat or None``: write dtype/shape/parameters/payload into a
-  :class:`~sparsecodec.frame.FrameWriter`; return the reconstruction when it is cheap to know
-  (error feedback uses it to avoid decoding twice);
+* ``_write_body(x, w, **side)``: write dtype/shape/parameters/payload into a
+  :class:`~sparsecodec.frame.FrameWriter` (it may return a reconstruction hint, e.g. TopK's
+  ``(idx, v_hat)``, which error feedback uses to avoid decoding twice);
 * ``_read_body(r, out=None, **side) -> ndarray`` (a classmethod): read the same from a
   :class:`~sparsecodec.frame.FrameReader` that has already consumed the wire id.
 """
@@ -34,8 +34,9 @@ class Codec(abc.ABC):
 
     # -- to implement ----------------------------------------------------------------------
     @abc.abstractmethod
-    def _write_body(self, x: np.ndarray, w: FrameWriter, **side: Any) -> np.ndarray | None:
-        """Write the codec body of ``x``; return ``x_hat`` if known, else ``None``."""
+    def _write_body(self, x: np.ndarray, w: FrameWriter, **side: Any) -> Any:
+        """Write the codec body of ``x``. May return a codec-specific reconstruction hint
+        (TopK returns ``(idx, v_hat)``), which bundles pass on to error feedback."""
 
     @classmethod
     @abc.abstractmethod
@@ -48,16 +49,18 @@ class Codec(abc.ABC):
     # -- public API ------------------------------------------------------------------------
     def encode(self, x, **side: Any) -> Frame:
         """Encode ``x`` into a :class:`Frame`; ``bytes(frame)`` is what travels."""
-        return self.encode_and_reconstruct(x, **side)[0]
+        w = FrameWriter(self.wire_id, checksum=self.checksum)
+        self._write_body(x, w, **side)
+        return w.finish(numel=int(np.size(x)), codec_id=self.codec_id)
 
     def encode_and_reconstruct(self, x, **side: Any) -> tuple[Frame, np.ndarray]:
-        """Encode and also return what the decoder will reconstruct, without decoding."""
-        w = FrameWriter(self.wire_id, checksum=self.checksum)
-        x_hat = self._write_body(x, w, **side)
-        frame = w.finish(numel=int(np.size(x)), codec_id=self.codec_id)
-        if x_hat is None:
-            x_hat = self.decode(frame.data, **side)
-        return frame, x_hat
+        """Encode and also return what the decoder will reconstruct.
+
+        The default decodes the frame; codecs that know their reconstruction cheaply
+        (TopK, Dense) override it so error feedback does not decode twice.
+        """
+        frame = self.encode(x, **side)
+        return frame, self.decode(frame.data, **side)
 
     def decode(self, data, out: np.ndarray | None = None, *, max_numel: int = DEFAULT_MAX_NUMEL,
                **side: Any) -> np.ndarray:

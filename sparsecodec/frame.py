@@ -5,7 +5,9 @@ Every message sparsecodec produces is a *frame*::
     offset  size  field
     0       2     magic  b"SC"
     2       1     format version (FORMAT_VERSION)
-    3       1     flags  (bit 0: a CRC-32 trailer is present; other bits must be zero)
+    3       1     flags  (bits 0-1 both set: a CRC-32 trailer is present; both clear: none;
+                         one set is corrupt, so one flipped bit cannot disable the check;
+                         other bits must be zero)
     4       1     codec wire id (see ``sparsecodec.registry``)
     5       ...   codec body (self-describing: dtype, shape, codec parameters, payload)
     end-4   4     CRC-32 (little-endian) of every preceding byte, if flag bit 0 is set
@@ -70,7 +72,9 @@ MAGIC = b"SC"
 FORMAT_VERSION = 1
 PREAMBLE_BYTES = 5          # magic + version + flags + wire id
 CRC_BYTES = 4
-FLAG_CHECKSUM = 0x01
+# The checksum flag is two bits that must agree (0b00 or 0b11): a single flipped bit can then
+# never silently turn verification off, it makes the flags byte invalid instead.
+FLAG_CHECKSUM = 0x03
 _KNOWN_FLAGS = FLAG_CHECKSUM
 BUNDLE_WIRE_ID = 0x7F
 MAX_NDIM = 32
@@ -189,8 +193,9 @@ class FrameWriter:
         for d in shape:
             self.varint(d, "header")
 
-    def add_sections(self, sections: Mapping[str, int]) -> None:
-        """Merge the section counts of an embedded body (bundles)."""
+    def embed(self, body: bytes, sections: Mapping[str, int]) -> None:
+        """Append a codec body written by another (body-only) writer, with its sections."""
+        self._buf += body
         for k, v in sections.items():
             self._sections[k] = self._sections.get(k, 0) + v
 
@@ -244,6 +249,8 @@ class FrameReader:
         flags = buf[3]
         if flags & ~_KNOWN_FLAGS:
             raise CorruptFrameError(f"unknown flag bits 0x{flags & ~_KNOWN_FLAGS:02x} in frame header")
+        if flags & FLAG_CHECKSUM not in (0, FLAG_CHECKSUM):
+            raise CorruptFrameError("inconsistent checksum flag bits in frame header (corrupted)")
         if flags & FLAG_CHECKSUM:
             if self.end < PREAMBLE_BYTES + CRC_BYTES:
                 raise TruncatedFrameError("truncated frame: no room for its CRC-32 trailer")

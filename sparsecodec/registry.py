@@ -23,6 +23,16 @@ _BY_NAME: dict[str, type] = {}
 _BY_WIRE: dict[int, type] = {}
 # Wire ids 1..63 are sparsecodec's own; 64..126 are free for users; 127 is the bundle.
 USER_WIRE_IDS = range(64, 127)
+# Built-in codecs live in modules imported lazily by ``sparsecodec/__init__``; a lookup that
+# misses imports them so that ``sparsecodec.decode`` works before the codec was touched.
+_BUILTIN_MODULES = ("topk", "dense", "mask")
+
+
+def _import_builtins() -> None:
+    import importlib
+
+    for mod in _BUILTIN_MODULES:
+        importlib.import_module(f"sparsecodec.{mod}")
 
 
 def register_codec(cls):
@@ -43,10 +53,13 @@ def register_codec(cls):
 
 
 def registered_codecs() -> dict[str, type]:
+    _import_builtins()
     return dict(_BY_NAME)
 
 
 def codec_class(name: str) -> type:
+    if name not in _BY_NAME:
+        _import_builtins()
     try:
         return _BY_NAME[name]
     except KeyError:
@@ -61,6 +74,8 @@ def get_codec(config: dict[str, Any]):
 
 
 def codec_for_wire_id(wire_id: int) -> type:
+    if wire_id not in _BY_WIRE:
+        _import_builtins()
     try:
         return _BY_WIRE[wire_id]
     except KeyError:

@@ -1,0 +1,160 @@
+"""Bundles: one message carrying many named tensors (a whole model update).
+
+One preamble, one checksum (on by default), then per tensor its name and a codec body::
+
+    preamble  magic, version, flags, wire id 0x7F          (header)
+    varint    number of entries                            (header)
+    per entry varint name length, UTF-8 name, varint body length   (header)
+              codec body: wire id, dtype/shape, payload     (the codec's own sections)
+    CRC-32                                                 (checksum)
+
+``scope="global"`` (with a :class:`~sparsecodec.TopK` codec) picks the top-k over *all*
+tensors together (SparsyFed, Sparse-ProxSkip) instead of per tensor (FLARE); each tensor's
+body then holds its share of the k entries.
+
+Example:
+    >>> import numpy as np, sparsecodec as sc
+    >>> rng = np.random.default_rng(0)
+    >>> update = {"w": rng.standard_normal((20, 5)).astype(np.float32),
+    ...           "b": rng.standard_normal(5).astype(np.float32)}
+    >>> frame = sc.encode_bundle(update, sc.TopK(k=10), scope="global")
+    >>> parts = sc.decode_bundle(bytes(frame))
+    >>> sorted(parts), sum(int(np.count_nonzero(v)) for v in parts.values())
+    (['b', 'w'], 10)
+    >>> frame.nbits == sum(frame.sections.values())
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .abc import Codec
+from .errors import ConfigError, CorruptFrameError, LimitExceededError
+from .frame import BUNDLE_WIRE_ID, DEFAULT_MAX_NUMEL, Frame, FrameReader, FrameWriter
+from .registry import codec_for_wire_id
+
+__all__ = ["encode_bundle", "decode_bundle", "Bundle"]
+
+MAX_NAME_BYTES = 1024
+MAX_ENTRIES = 1 << 20
+
+
+def _codec_for(codec: Codec | Mapping[str, Codec], name: str) -> Codec:
+    if isinstance(codec, Codec):
+        return codec
+    try:
+        return codec[name]
+    except KeyError:
+        raise ConfigError(f"no codec given for tensor {name!r}") from None
+
+
+def global_indices(tensors: Mapping[str, np.ndarray], codec) -> dict[str, np.ndarray]:
+    """Per-tensor positions of the global top-k over all tensors (``scope="global"``)."""
+    from .selection import topk_indices_global
+    from .topk import TopK
+
+    if not isinstance(codec, TopK) or codec.k == "nnz":
+        raise ConfigError("scope='global' needs one TopK codec with k=<int> or density=<fraction>")
+    flats = []
+    for name, x in tensors.items():
+        x = codec._flat_input(x)
+        flats.append(x.reshape(-1))
+    total = sum(f.size for f in flats)
+    k = codec.k_for(total)
+    parts = topk_indices_global(flats, k, allow_nonfinite=codec.allow_nonfinite)
+    return dict(zip(tensors.keys(), parts))
+
+
+def encode_bundle(tensors: Mapping[str, Any], codec: Codec | Mapping[str, Codec], *,
+                  scope: str = "tensor", checksum: bool = True,
+                  side: Mapping[str, Mapping[str, Any]] | None = None,
+                  on_encoded: Callable[[str, Any], None] | None = None) -> Frame:
+    """Encode named tensors into one message.
+
+    ``codec`` is one codec for all tensors or a mapping name -> codec. ``scope`` is
+    ``"tensor"`` (each tensor coded on its own) or ``"global"`` (one top-k over all).
+    ``side`` gives side information per tensor name (``{"mask": {"p": probs}}``).
+    ``on_encoded(name, result)`` receives each tensor's ``(idx, v_hat)`` (TopK) or ``None``,
+    which error feedback uses to update residuals in place. ``frame.meta["tensors"]`` holds
+    each tensor's bits per section, for ledgers.
+    """
+    if scope not in ("tensor", "global"):
+        raise ConfigError(f"scope must be 'tensor' or 'global', got {scope!r}")
+    chosen = global_indices(tensors, codec) if scope == "global" else {}
+    w = FrameWriter(BUNDLE_WIRE_ID, checksum=checksum)
+    w.varint(len(tensors), "header")
+    per_tensor: dict[str, dict[str, int]] = {}
+    numel = 0
+    for name, x in tensors.items():
+        if not isinstance(name, str):
+            raise ConfigError(f"tensor names must be str, got {type(name).__name__}")
+        name_b = name.encode("utf-8")
+        if len(name_b) > MAX_NAME_BYTES:
+            raise ConfigError(f"tensor name longer than {MAX_NAME_BYTES} bytes: {name[:40]}...")
+        c = _codec_for(codec, name)
+        body_w = FrameWriter(c.wire_id, body_only=True)
+        extra = dict((side or {}).get(name, {}))
+        if name in chosen:
+            extra["indices"] = chosen[name]
+        result = c._write_body(x, body_w, **extra)
+        body, sections = body_w.body()
+        w.varint(len(name_b), "header")
+        w.raw(name_b, "header")
+        w.varint(len(body), "header")
+        w.embed(body, sections)
+        per_tensor[name] = sections
+        numel += int(np.size(x))
+        if on_encoded is not None:
+            on_encoded(name, result)
+    return w.finish(numel=numel, codec_id="bundle", meta={"tensors": per_tensor})
+
+
+def decode_bundle(data, *, max_numel: int = DEFAULT_MAX_NUMEL,
+                  side: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, np.ndarray]:
+    """Decode a bundle into ``{name: array}``; validates everything before returning.
+
+    ``max_numel`` bounds the total number of elements over all tensors. ``side`` gives side
+    information per tensor name (e.g. ``{"mask": {"p": probs}}`` for a MaskCodec entry).
+    """
+    r = FrameReader(data, max_numel=max_numel)
+    if r.wire_id != BUNDLE_WIRE_ID:
+        raise CorruptFrameError("not a bundle frame; use sparsecodec.decode(data) for single tensors")
+    return _read_entries(r, max_numel, side or {})
+
+
+def _read_entries(r: FrameReader, max_numel: int, side: Mapping[str, Mapping[str, Any]]) -> dict:
+    count = r.varint("entry count", min(MAX_ENTRIES, r.remaining))
+    out: dict[str, np.ndarray] = {}
+    budget = int(max_numel)
+    for i in range(count):
+        name_len = r.varint(f"entry {i} name length", MAX_NAME_BYTES)
+        try:
+            name = bytes(r.take(name_len, f"entry {i} name")).decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptFrameError(f"entry {i} name is not valid UTF-8") from None
+        if name in out:
+            raise CorruptFrameError(f"tensor name {name!r} appears twice")
+        body_len = r.varint(f"entry {name!r} body length", r.remaining)
+        start = r.pos
+        r.take(body_len, f"entry {name!r} body")
+        sub = FrameReader(r.buf, max_numel=budget, body_only=True, start=start, end=start + body_len)
+        cls = codec_for_wire_id(sub.wire_id)
+        try:
+            arr = cls._read_body(sub, **dict(side.get(name, {})))
+        except LimitExceededError as exc:
+            raise LimitExceededError(f"bundle exceeds max_numel={max_numel} in entry {name!r}: {exc}") from None
+        sub.expect_end()
+        budget -= arr.size
+        out[name] = arr
+    r.expect_end()
+    return out
+
+
+class Bundle:
+    """Namespace kept for discoverability: ``Bundle.encode`` / ``Bundle.decode``."""
+
+    encode = staticmethod(encode_bundle)
+    decode = staticmethod(decode_bundle)

@@ -1,0 +1,28 @@
+"""Testing helpers for sparsecodec users: hypothesis strategies and a conformance suite.
+
+* strategies: :func:`update_vectors`, :func:`update_tensors`, :func:`model_updates`,
+  :func:`sparse_supports`, :func:`topk_configs`, :func:`dense_configs`, :func:`codec_configs`
+  and, for masks, :func:`masks` / :func:`mask_probabilities`;
+* :func:`check_codec`: run the conformance properties against any codec.
+
+Example:
+    >>> import sparsecodec as sc
+    >>> from sparsecodec.testing import check_codec
+    >>> check_codec(sc.Dense(), max_examples=3)
+"""
+
+from .conformance import check_codec, check_frame_properties, check_hostile_bytes
+from .strategies import (codec_configs, dense_configs, model_updates, sparse_supports,
+                         topk_configs, update_tensors, update_vectors)
+
+__all__ = ["check_codec", "check_frame_properties", "check_hostile_bytes", "codec_configs",
+           "dense_configs", "model_updates", "sparse_supports", "topk_configs", "update_tensors",
+           "update_vectors"]
+
+try:  # mask strategies live beside the mask codec's own properties
+    from .masks import *  # noqa: F401,F403
+    from . import masks as _masks
+
+    __all__ += list(getattr(_masks, "__all__", []))
+except ImportError:  # pragma: no cover - only while the mask module is absent
+    pass

@@ -1,0 +1,79 @@
+"""Wire-format primitives: varints, preamble validation, section accounting."""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import sparsecodec as sc
+from sparsecodec.frame import FrameReader, FrameWriter, encode_varint
+
+
+@given(st.integers(0, 2**63 - 1))
+def test_varint_round_trip(v):
+    w = FrameWriter(wire_id=2)
+    w.varint(v, "header")
+    frame = w.finish(numel=1, codec_id="x")
+    r = FrameReader(bytes(frame))
+    assert r.varint("v", 2**63) == v
+    r.expect_end()
+
+
+def test_varint_rejects_non_canonical_and_overlong():
+    base = b"SC\x01\x00\x02"
+    with pytest.raises(sc.CorruptFrameError, match="non-canonical"):
+        FrameReader(base + b"\x80\x00").varint("v", 10**9)
+    with pytest.raises(sc.CorruptFrameError, match="exceeds its limit"):
+        FrameReader(base + encode_varint(1001)).varint("v", 1000)
+    with pytest.raises(sc.TruncatedFrameError):
+        FrameReader(base + b"\x80").varint("v", 10**9)
+    with pytest.raises(sc.CorruptFrameError):
+        FrameReader(base + b"\xff" * 12).varint("v", 2**70)
+
+
+def test_preamble_errors_are_specific():
+    with pytest.raises(sc.BadMagicError):
+        FrameReader(b"XX\x01\x00\x01")
+    with pytest.raises(sc.UnsupportedVersionError, match="version 9"):
+        FrameReader(b"SC\x09\x00\x01")
+    with pytest.raises(sc.CorruptFrameError, match="flag"):
+        FrameReader(b"SC\x01\x04\x01")
+    with pytest.raises(sc.CorruptFrameError, match="inconsistent checksum flag"):
+        FrameReader(b"SC\x01\x01\x01" + b"\0" * 8)
+    with pytest.raises(sc.TruncatedFrameError):
+        FrameReader(b"SC\x01")
+    with pytest.raises(sc.TruncatedFrameError):
+        FrameReader(b"SC\x01\x03\x01")   # checksum flag set but no room for the CRC
+    with pytest.raises(sc.ConfigError):
+        FrameReader(12345)
+
+
+def test_checksum_detects_every_single_bit_flip():
+    w = FrameWriter(wire_id=2, checksum=True)
+    w.raw(bytes(range(40)), "values")
+    data = bytes(w.finish(numel=40, codec_id="x"))
+    for bit in range(8 * len(data)):
+        bad = bytearray(data)
+        bad[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(sc.FrameError):
+            FrameReader(bytes(bad))
+
+
+def test_sections_sum_to_nbits():
+    w = FrameWriter(wire_id=1, checksum=True)
+    w.tensor_header(np.dtype(np.float32), (3, 4))
+    w.varint(300, "index")
+    w.raw(b"\x00" * 7, "values")
+    f = w.finish(numel=12, codec_id="x")
+    assert f.nbits == 8 * len(bytes(f)) == sum(f.sections.values())
+    assert f.sections["checksum"] == 32 and f.sections["values"] == 56 and f.sections["index"] == 16
+
+
+def test_tensor_header_limits():
+    w = FrameWriter(wire_id=2)
+    w.tensor_header(np.dtype(np.float32), (1000, 1000))
+    data = bytes(w.finish(numel=10**6, codec_id="x"))
+    with pytest.raises(sc.LimitExceededError, match="max_numel"):
+        FrameReader(data, max_numel=10**5).tensor_header()
+    assert FrameReader(data).tensor_header()[2] == 10**6
+    with pytest.raises(sc.ConfigError):
+        FrameWriter(wire_id=2).tensor_header(np.dtype(np.complex64), (2,))

@@ -1,0 +1,94 @@
+"""Hostile bytes: random, crafted and corrupted frames raise FrameError subclasses only."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import sparsecodec as sc
+from sparsecodec.frame import FrameWriter, encode_varint
+from sparsecodec.testing import check_hostile_bytes
+
+CODECS = [sc.TopK(k=20), sc.TopK(density=0.3, index="bitmap"), sc.TopK(k=5, index="raw"),
+          sc.TopK(k=30, index="eliasfano"), sc.TopK(k=30, index="golomb"), sc.TopK(k=30, index="zstd"),
+          sc.Dense(), sc.Dense(compression="zstd")]
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=200))
+def test_random_bytes_never_crash(blob):
+    for data in (blob, b"SC\x01\x00" + blob, b"SC\x01\x00\x01" + blob, b"SC\x01\x00\x7f" + blob):
+        try:
+            sc.decode(data)
+        except sc.FrameError:
+            pass
+
+
+@pytest.mark.parametrize("codec", CODECS, ids=lambda c: repr(c)[:60])
+def test_every_truncation_and_flips(codec):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((7, 11)).astype(np.float32)
+    data = bytes(codec.encode(x))
+    check_hostile_bytes(codec, data, x.shape, x.dtype, rng=rng, flips=400)
+
+
+def _topk_frame(shape, k, index_id=1, value_id=0, payload=b"", values=b""):
+    w = FrameWriter(1)
+    w.tensor_header(np.dtype(np.float32), shape)
+    w.u8(index_id | (value_id << 4), "header")
+    w.varint(k, "index")
+    w.raw(payload, "index")
+    w.raw(values, "values")
+    return bytes(w.finish(numel=1, codec_id="topk"))
+
+
+def test_crafted_headers():
+    # huge numel: refused before any allocation
+    with pytest.raises(sc.LimitExceededError):
+        sc.decode(_topk_frame((2**40,), 1))
+    with pytest.raises(sc.LimitExceededError):
+        sc.decode(_topk_frame((2**20, 2**20), 1))
+    # k larger than numel
+    with pytest.raises(sc.CorruptFrameError, match="k"):
+        sc.decode(_topk_frame((10,), 11))
+    # k claims more values than bytes present
+    with pytest.raises(sc.FrameError):
+        sc.decode(_topk_frame((10**6,), 10**5))
+    # unknown coder ids
+    with pytest.raises(sc.CorruptFrameError, match="index coder"):
+        sc.decode(_topk_frame((10,), 1, index_id=9, values=b"\0" * 4))
+    with pytest.raises(sc.CorruptFrameError, match="value coder"):
+        sc.decode(_topk_frame((10,), 1, value_id=7, values=b"\0" * 4))
+    # raw coder: index out of range, unsorted and duplicate indices
+    raw = sc.indices.INDEX_CODERS["raw"]
+    with pytest.raises(sc.CorruptFrameError):
+        sc.decode(_topk_frame((10,), 1, raw, payload=bytes([0xF0]), values=b"\0\0\x80\x3f"))  # index 15 >= 10
+    two = np.zeros(2, np.float32).tobytes()
+    with pytest.raises(sc.CorruptFrameError):
+        sc.decode(_topk_frame((16,), 2, raw, payload=bytes([0x53]), values=two))  # 5 then 3: unsorted
+    with pytest.raises(sc.CorruptFrameError):
+        sc.decode(_topk_frame((16,), 2, raw, payload=bytes([0x55]), values=two))  # duplicate
+    # unknown codec wire id and dtype
+    with pytest.raises(sc.CorruptFrameError, match="wire id"):
+        sc.decode(b"SC\x01\x00\x3e")
+    with pytest.raises(sc.CorruptFrameError, match="dtype"):
+        sc.decode(b"SC\x01\x00\x01\x63\x01\x05")
+
+
+def test_crafted_bundles():
+    body = bytes(sc.Dense().encode(np.ones(4, np.float32)))[4:]      # wire id + body
+    def bundle(entries, count=None):
+        out = b"SC\x01\x00\x7f" + encode_varint(len(entries) if count is None else count)
+        for name, b in entries:
+            out += encode_varint(len(name)) + name + encode_varint(len(b)) + b
+        return out
+    assert set(sc.decode_bundle(bundle([(b"w", body)]))) == {"w"}
+    with pytest.raises(sc.CorruptFrameError, match="twice"):
+        sc.decode_bundle(bundle([(b"w", body), (b"w", body)]))
+    with pytest.raises(sc.FrameError):
+        sc.decode_bundle(bundle([(b"w", body)], count=10**9))
+    with pytest.raises(sc.CorruptFrameError, match="UTF-8"):
+        sc.decode_bundle(bundle([(b"\xff\xfe", body)]))
+    with pytest.raises(sc.FrameError):
+        sc.decode_bundle(bundle([(b"w", body + b"\0")]))
+    with pytest.raises(sc.LimitExceededError):
+        sc.decode_bundle(bundle([(b"a", body), (b"b", body)]), max_numel=6)
