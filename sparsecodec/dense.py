@@ -91,7 +91,8 @@ class Dense(Codec):
         if config & 1:
             blob = r.take_rest()
             try:
-                raw = zstandard.ZstdDecompressor().decompress(bytes(blob), max_output_size=nbytes)
+                raw = zstandard.ZstdDecompressor().decompress(bytes(blob), max_output_size=nbytes,
+                                                             allow_extra_data=False)
             except zstandard.ZstdError as exc:
                 raise CorruptFrameError(f"dense zstd payload is corrupt: {exc}") from None
             if len(raw) != nbytes:

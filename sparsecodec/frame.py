@@ -88,6 +88,27 @@ DTYPE_CODES: dict[str, int] = {"float32": 1, "float64": 2, "float16": 3, "bool":
 _DTYPE_FROM_CODE = {v: np.dtype(k) for k, v in DTYPE_CODES.items()}
 
 
+def _crc8_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        c = byte
+        for _ in range(8):
+            c = ((c << 1) ^ 0x07) & 0xFF if c & 0x80 else (c << 1) & 0xFF
+        table.append(c)
+    return table
+
+
+_CRC8 = _crc8_table()
+
+
+def crc8(data: bytes) -> int:
+    """CRC-8 (polynomial 0x07): detects every single-bit error; guards tensor headers."""
+    c = 0
+    for b in data:
+        c = _CRC8[c ^ b]
+    return c
+
+
 def encode_varint(value: int) -> bytes:
     """Unsigned LEB128 (shortest form)."""
     if value < 0:
@@ -182,16 +203,24 @@ class FrameWriter:
         self._count(section, mv.nbytes)
 
     def tensor_header(self, dtype: np.dtype, shape: tuple[int, ...]) -> None:
-        """dtype code, ndim, dims: the part every tensor codec shares (section ``header``)."""
+        """dtype and shape, protected so that no single flipped bit can change them.
+
+        Layout (section ``header``): dtype code; ``ndim | width_code << 6`` written twice (a
+        flip in one copy is detected, so the header's extent cannot silently change); each
+        dim little-endian in ``1 << width_code`` bytes; CRC-8 of those bytes. Together these
+        make every single-bit error in dtype/shape detectable even without the frame CRC.
+        """
         name = np.dtype(dtype).name
         if name not in DTYPE_CODES:
             raise ConfigError(f"dtype {name} cannot be framed; supported: {sorted(DTYPE_CODES)}")
         if len(shape) > MAX_NDIM:
             raise ConfigError(f"at most {MAX_NDIM} dimensions, got {len(shape)}")
-        self.u8(DTYPE_CODES[name], "header")
-        self.u8(len(shape), "header")
-        for d in shape:
-            self.varint(d, "header")
+        biggest = max((int(d) for d in shape), default=0)
+        wcode = next(c for c in range(4) if biggest < 1 << (8 << c))
+        nw = len(shape) | (wcode << 6)
+        head = bytes([DTYPE_CODES[name], nw, nw]) + b"".join(
+            int(d).to_bytes(1 << wcode, "little") for d in shape)
+        self.raw(head + bytes([crc8(head)]), "header")
 
     def embed(self, body: bytes, sections: Mapping[str, int]) -> None:
         """Append a codec body written by another (body-only) writer, with its sections."""
@@ -322,24 +351,30 @@ class FrameReader:
 
     # -- shared structures -----------------------------------------------------------------
     def tensor_header(self) -> tuple[np.dtype, tuple[int, ...], int]:
-        """Read dtype, shape; check numel against ``max_numel``. Returns (dtype, shape, numel)."""
+        """Read dtype, shape; verify the header CRC-8; check numel against ``max_numel``."""
+        start = self.pos
         code = self.u8("dtype code")
-        if code not in _DTYPE_FROM_CODE:
-            raise CorruptFrameError(f"unknown dtype code {code}")
-        ndim = self.u8("ndim")
+        nw = self.u8("ndim")
+        if self.u8("ndim copy") != nw:
+            raise CorruptFrameError("tensor header corrupted: the two copies of ndim differ")
+        ndim, width = nw & 0x3F, 1 << (nw >> 6)
         if ndim > MAX_NDIM:
             raise CorruptFrameError(f"ndim {ndim} exceeds the maximum {MAX_NDIM}")
-        shape = []
+        raw = self.take(ndim * width, "shape")
+        head = bytes(self.buf[start:self.pos])
+        if self.u8("header CRC-8") != crc8(head):
+            raise CorruptFrameError("tensor header corrupted: its CRC-8 does not match (dtype/shape)")
+        if code not in _DTYPE_FROM_CODE:
+            raise CorruptFrameError(f"unknown dtype code {code}")
+        shape = tuple(int.from_bytes(raw[i * width:(i + 1) * width], "little") for i in range(ndim))
         numel = 1
-        for i in range(ndim):
-            d = self.varint(f"dim {i}", self.max_numel)
-            shape.append(d)
+        for d in shape:
             numel *= d
-            if numel > self.max_numel:
-                raise LimitExceededError(
-                    f"frame declares more than max_numel={self.max_numel} elements (shape so far "
-                    f"{tuple(shape)}); pass a larger max_numel to decode() if this is intended")
-        return _DTYPE_FROM_CODE[code], tuple(shape), numel
+        if numel > self.max_numel:
+            raise LimitExceededError(
+                f"frame declares shape {shape} = {numel} elements, more than max_numel="
+                f"{self.max_numel}; pass a larger max_numel to decode() if this is intended")
+        return _DTYPE_FROM_CODE[code], shape, numel
 
 
 @dataclass(frozen=True)

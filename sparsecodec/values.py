@@ -89,7 +89,8 @@ def decode_values(data, k: int, coder: str, dtype: np.dtype, *, allow_nonfinite:
         out = (bits.astype(np.uint32) << 16).view(np.float32).astype(dtype, copy=False)
     else:
         wire = {"fp32": "<f4", "fp16": "<f2", "fp64": "<f8"}[coder]
-        out = np.frombuffer(data, dtype=wire, count=k).astype(dtype)
+        with np.errstate(over="ignore", invalid="ignore"):   # non-finite results are rejected below
+            out = np.frombuffer(data, dtype=wire, count=k).astype(dtype)
     if not allow_nonfinite and k and not np.isfinite(out).all():
         raise CorruptFrameError(
             "frame holds a NaN/Inf value but was not written with allow_nonfinite=True: corrupt or crafted")

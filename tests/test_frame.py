@@ -77,3 +77,20 @@ def test_tensor_header_limits():
     assert FrameReader(data).tensor_header()[2] == 10**6
     with pytest.raises(sc.ConfigError):
         FrameWriter(wire_id=2).tensor_header(np.dtype(np.complex64), (2,))
+
+
+def test_no_single_bit_flip_changes_dtype_or_shape_without_checksum():
+    for shape in [(), (0,), (3, 4), (70000, 2), (2, 3, 4, 5, 6)]:
+        w = FrameWriter(wire_id=2)
+        w.tensor_header(np.dtype(np.float32), shape)
+        data = bytes(w.finish(numel=1, codec_id="x"))
+        for bit in range(8 * len(data)):
+            bad = bytearray(data)
+            bad[bit // 8] ^= 1 << (bit % 8)
+            try:
+                r = FrameReader(bytes(bad))
+                dtype, got, _ = r.tensor_header()
+            except sc.FrameError:
+                continue
+            assert (dtype, got) == (np.dtype(np.float32), shape), (
+                f"flip of bit {bit} gave {dtype}{got} instead of float32{shape}")

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import sparsecodec as sc
-from sparsecodec.frame import FrameWriter, encode_varint
+from sparsecodec.frame import FrameWriter, crc8, encode_varint
 from sparsecodec.testing import check_hostile_bytes
 
 CODECS = [sc.TopK(k=20), sc.TopK(density=0.3, index="bitmap"), sc.TopK(k=5, index="raw"),
@@ -70,8 +70,12 @@ def test_crafted_headers():
     # unknown codec wire id and dtype
     with pytest.raises(sc.CorruptFrameError, match="wire id"):
         sc.decode(b"SC\x01\x00\x3e")
+    head = bytes([0x63, 1, 1, 5])      # dtype code 0x63 does not exist; header CRC is valid
     with pytest.raises(sc.CorruptFrameError, match="dtype"):
-        sc.decode(b"SC\x01\x00\x01\x63\x01\x05")
+        sc.decode(b"SC\x01\x00\x01" + head + bytes([crc8(head)]))
+    head = bytes([1, 1, 2, 5])         # the two ndim copies differ
+    with pytest.raises(sc.CorruptFrameError, match="ndim"):
+        sc.decode(b"SC\x01\x00\x01" + head + bytes([crc8(head)]))
 
 
 def test_crafted_bundles():
