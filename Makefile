@@ -20,6 +20,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m sparsecodec.demo
+	$(BIN)/python -m fl compare --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -1,0 +1,217 @@
+"""fl.simulation: sampling, evaluation schedule, exact ledger, robustness, bit-identical resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import sparsecodec as sc
+from fl.algorithms.base import ClientResult
+from fl.algorithms.ec import EC
+from fl.algorithms.fedavg import FedAvg
+from fl.channel import Channel
+from fl.config import resolve_config
+from fl.simulation import (CHECKPOINT, LEDGER, METRICS, MODEL, SUMMARY, Simulation, load_model_bytes,
+                           run_simulation)
+from sparsecodec.errors import ConfigError
+
+# A 3-class logistic regression on 240 synthetic samples: milliseconds per round, but with
+# minibatches (shuffled by the per-client generators), partial participation and residuals.
+TINY = ["dataset=synthetic-logistic", "data.n_train=240", "data.n_test=60", "data.dim=12",
+        "data.num_classes=3", "model=logistic-regression", "model_options.in_features=12",
+        "model_options.num_classes=3", "model_options.init=torch_default", "rounds=5",
+        "sim.clients=6", "sim.clients_per_round=3", "sim.eval_every=2", "sim.checkpoint_every=1",
+        "algo.lr=0.2", "algo.momentum=0.5", "algo.batch_size=8",
+        "algo.ec.density=0.2", "algo.ef21.density=0.2"]
+
+
+def tiny(algorithm="ec", *extra):
+    return resolve_config(algorithm=algorithm, sets=TINY + list(extra))
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "ec", "ef21"])
+def test_resume_is_bit_identical(tmp_path, algorithm):
+    config = tiny(algorithm)
+    full = run_simulation(config, tmp_path / "full")
+    run_simulation(config, tmp_path / "cut", stop_after=2)            # "crash" after round 2
+    assert len((tmp_path / "cut" / METRICS).read_text().splitlines()) == 2
+    with open(tmp_path / "cut" / METRICS, "a") as f:                  # a line written after the
+        f.write('{"round": 3, "stale": true}\n')                     # checkpoint is discarded
+    resumed = run_simulation(config, tmp_path / "cut", resume=True)
+    for name in (MODEL, METRICS, LEDGER):
+        assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "cut" / name).read_bytes(), name
+    assert resumed.metrics == full.metrics and len(full.metrics) == 5
+    assert all(np.array_equal(full.params[k], resumed.params[k]) for k in full.params)
+    assert resumed.ledger.rows() == full.ledger.rows()
+
+
+def test_resume_checks_the_config_and_can_extend_the_run(tmp_path):
+    run_simulation(tiny("ec", "rounds=3"), tmp_path / "a")
+    with pytest.raises(ConfigError, match="algo.lr"):
+        run_simulation(tiny("ec", "rounds=3", "algo.lr=0.3"), tmp_path / "a", resume=True)
+    with pytest.raises(ConfigError, match="checkpoint.pkl"):
+        run_simulation(tiny("ec"), tmp_path / "nothing-here", resume=True)
+    extended = run_simulation(tiny("ec", "rounds=5"), tmp_path / "a", resume=True)
+    straight = run_simulation(tiny("ec", "rounds=5"), tmp_path / "b")
+    # round 3 was the last round of the first run, so it was evaluated there; otherwise the same
+    assert [m["round"] for m in extended.metrics] == [1, 2, 3, 4, 5]
+    assert all(np.array_equal(extended.params[k], straight.params[k]) for k in straight.params)
+    assert extended.ledger.rows() == straight.ledger.rows()
+
+
+def test_checkpoint_holds_every_random_state(tmp_path):
+    run_simulation(tiny("ec"), tmp_path, stop_after=2)
+    with open(tmp_path / CHECKPOINT, "rb") as f:
+        state = pickle.load(f)
+    assert state["rounds_done"] == 2 and len(state["client_generators"]) == 6
+    assert state["sample_rng"]["bit_generator"] == "PCG64"
+    residuals = [s.feedback.state_dict()["residuals"] for s in state["client_states"].values()]
+    assert sum(bool(r) for r in residuals) >= 3        # clients that took part keep a residual
+    assert len(state["ledger"]) == 2 * 3 * 2           # 2 rounds x 3 clients x (down + up)
+
+
+def test_sampling_is_m_of_n_seeded_and_eval_follows_the_schedule():
+    result = run_simulation(tiny("fedavg", "rounds=5"))
+    rounds = [m["clients"] for m in result.metrics]
+    assert all(len(c) == 3 == len(set(c)) and c == sorted(c) and max(c) < 6 for c in rounds)
+    assert len({tuple(c) for c in rounds}) > 1
+    assert rounds == [m["clients"] for m in run_simulation(tiny("fedavg", "rounds=5")).metrics]
+    assert rounds != [m["clients"] for m in run_simulation(tiny("fedavg", "rounds=5", "seed=1")).metrics]
+    evaluated = [m["round"] for m in result.metrics if m["accuracy"] is not None]
+    assert evaluated == [2, 4, 5]                      # every 2 rounds, and the last one
+    assert torch.get_num_threads() == 1
+
+
+def test_ec_at_density_1e3_sends_real_topk_frames_and_the_ledger_is_exact(tmp_path):
+    """Acceptance: EC on the small CNN at density 1e-3 (demo setting): real TopK frames,
+    ledger bits == sum of 8 * len(bytes) of every message delivered."""
+    sent = []
+    channel = Channel(tap=lambda msg, client: sent.append(msg))
+    config = resolve_config(algorithm="ec", setting="demo",
+                            sets=["rounds=1", "sim.clients_per_round=2", "algo.ec.density=1e-3"])
+    result = run_simulation(config, tmp_path, channel=channel)
+    assert config.algo.density == 1e-3 and config.model == "small-cnn"
+    ups = [m for m in sent if m.direction == "up"]
+    assert len(ups) == 2 and len(sent) == 4
+    assert result.ledger.total_bits() == sum(8 * len(m.data) for m in sent)
+    assert result.summary["uplink_bits"] == sum(8 * len(m.data) for m in ups)
+    codec = sc.TopK(density=1e-3, k_rule="flare")
+    for msg in ups:
+        decoded = sc.decode_bundle(msg.data)
+        for name, x in decoded.items():     # FLARE rule: round(size * 1e-3) + 1 per tensor
+            assert np.count_nonzero(x) == codec.k_for(x.size), name
+            assert msg.tensor_sections[name]["index"] > 0 or x.size == 1
+        assert 0 < msg.nbits < 0.01 * 32 * sum(x.size for x in decoded.values())
+    summary = json.loads((tmp_path / SUMMARY).read_text())
+    assert summary["uplink_bpp"] == summary["uplink_bits"] / (2 * result.summary["num_params"])
+    assert np.array_equal(load_model_bytes((tmp_path / MODEL).read_bytes())["fc1.weight"],
+                          result.params["fc1.weight"])
+
+
+class Flaky(EC):
+    """EC whose client 1 raises in round 2 after touching its residual, whose client 2
+    smuggles a NaN past its own checks (a codec that allows non-finite values), and whose
+    client 4 sends a wrongly shaped update in round 2."""
+
+    seen: list
+
+    def client_update(self, state, global_params, data, cfg, channel):
+        if data.client_id == 1 and channel.round == 2:
+            super().client_update(state, global_params, data, cfg, channel)   # mutates residual
+            raise RuntimeError("disk full")
+        if data.client_id == 2:
+            bad = {k: np.full_like(v, np.nan) for k, v in global_params.items()}
+            msg = channel.send(bad, sc.Dense(allow_nonfinite=True))
+            return ClientResult(state, msg, data.num_samples)
+        if data.client_id == 4 and channel.round == 2:    # a tensor of the wrong shape
+            msg = channel.send({k: np.zeros(3, np.float32) for k in global_params}, sc.Dense())
+            return ClientResult(state, msg, data.num_samples)
+        return super().client_update(state, global_params, data, cfg, channel)
+
+    def server_update(self, state, updates, cfg):
+        self.seen.append([u.client for u in updates])
+        return super().server_update(state, updates, cfg)
+
+
+def test_failing_and_nonfinite_clients_are_dropped_with_a_logged_reason(caplog):
+    algo = Flaky()
+    algo.seen = []
+    config = tiny("ec", "sim.clients_per_round=0", "rounds=2")
+    sim = Simulation(config, algorithm=algo)
+    sim.run(stop_after=1)
+    residual_before = {k: v.copy() for k, v in sim.client_states[1].feedback.state_dict()["residuals"].items()}
+    with caplog.at_level(logging.WARNING, logger="fl.simulation"):
+        result = sim.run()
+    assert algo.seen == [[0, 1, 3, 4, 5], [0, 3, 5]]
+    reasons = {d["client"]: d["reason"] for d in result.metrics[-1]["dropped"]}
+    assert set(reasons) == {1, 2, 4}
+    assert "RuntimeError: disk full" in reasons[1] and "non-finite" in reasons[2]
+    assert "shape (3,), expected (3, 12)" in reasons[4]
+    assert any("client 1 dropped" in r.getMessage() and "disk full" in r.getMessage() for r in caplog.records)
+    assert any("client 2 dropped" in r.getMessage() for r in caplog.records)
+    assert all(np.isfinite(v).all() for v in result.params.values())
+    after = sim.client_states[1].feedback.state_dict()["residuals"]   # untouched by the failure
+    assert residual_before and all(np.array_equal(residual_before[k], after[k]) for k in residual_before)
+    assert result.metrics[-1]["updates"] == 3 and result.summary["dropped_updates"] == 4
+
+
+def test_diverging_client_is_dropped_and_all_dropped_keeps_the_model(caplog):
+    sim = Simulation(tiny("fedavg", "sim.clients_per_round=0", "rounds=1"))
+    sim.clients[3].x[0, 0] = float("nan")        # its training turns NaN
+    with caplog.at_level(logging.WARNING, logger="fl.simulation"):
+        result = sim.run()
+    assert [d["client"] for d in result.metrics[0]["dropped"]] == [3]
+    assert "NonFiniteUpdateError" in result.metrics[0]["dropped"][0]["reason"]
+    assert all(np.isfinite(v).all() for v in result.params.values())
+
+    class Broken(FedAvg):
+        def client_update(self, *args):
+            raise ValueError("no data")
+
+    sim = Simulation(tiny("fedavg", "rounds=1"), algorithm=Broken())
+    before = {k: v.copy() for k, v in sim.params.items()}
+    with caplog.at_level(logging.WARNING, logger="fl.simulation"):
+        result = sim.run()
+    assert result.metrics[0]["updates"] == 0 and result.ledger.total_bits(direction="up") == 0
+    assert all(np.array_equal(before[k], result.params[k]) for k in before)
+    assert any("every sampled client was dropped" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("kind, extra, sizes", [
+    ("iid", [], [40] * 6),
+    ("contiguous", ["partition.shard_size=30"], [30] * 6),
+    ("dirichlet", ["partition.alpha=0.5"], [40] * 6),
+    ("writers", ["sim.clients=0", "sim.clients_per_round=4"], [24] * 10),   # 10 synthetic groups
+])
+def test_partition_kinds_reach_the_clients(kind, extra, sizes):
+    sim = Simulation(tiny("fedavg", f"partition.kind={kind}", *extra))
+    assert [c.num_samples for c in sim.clients] == sizes
+    if kind == "contiguous":
+        assert np.array_equal(sim.clients[1].x.numpy(), sim.dataset.x_train[30:60])
+    sim.step()
+
+
+def test_no_global_random_state_is_used():
+    torch_state, np_state = torch.get_rng_state(), np.random.get_state()
+    run_simulation(tiny("ec", "rounds=2"))
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), np_state))
+
+
+def test_outputs_on_disk(tmp_path):
+    result = run_simulation(tiny("ef21", "rounds=3"), tmp_path)
+    lines = [json.loads(x) for x in (tmp_path / METRICS).read_text().splitlines()]
+    assert [m["round"] for m in lines] == [1, 2, 3] and lines == result.metrics
+    assert lines[-1]["cum_uplink_bits"] == result.ledger.total_bits(direction="up")
+    summary = json.loads((tmp_path / SUMMARY).read_text())
+    for key in ("algorithm", "dataset", "model", "rounds", "final_accuracy", "uplink_bits",
+                "downlink_bits", "uplink_bpp", "config"):
+        assert key in summary, key
+    assert summary["config"]["algo"]["density"] == 0.2 and summary["rounds"] == 3
+    assert summary["uplink_bits"] == sum(json.loads(x)["nbits"] for x in (tmp_path / LEDGER).read_text().splitlines()
+                                         if json.loads(x)["direction"] == "up")
