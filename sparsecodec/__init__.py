@@ -32,7 +32,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Codec": "abc",
     "register_codec": "registry", "get_codec": "registry", "registered_codecs": "registry",
-    "topk_indices": "selection", "topk_indices_global": "selection",
+    "topk_indices": "selection", "topk_indices_global": "selection", "check_finite": "selection",
     "TopK": "topk", "k_for": "topk",
     "Dense": "dense",
     "MaskCodec": "mask",

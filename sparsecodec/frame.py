@@ -80,8 +80,10 @@ BUNDLE_WIRE_ID = 0x7F
 MAX_NDIM = 32
 
 #: Decoders refuse frames declaring more elements than this unless the caller raises it.
-#: 2**31 float32 elements is 8 GiB: more than any single model tensor sent in FL.
-DEFAULT_MAX_NUMEL = 1 << 31
+#: Decoding work and memory grow with numel (an all-zero mask of n entries is legitimately a
+#: few bytes), so this is what bounds a hostile frame: 2**28 elements (1 GiB of float32, ~1 s
+#: of mask decoding). Pass ``max_numel=`` your model size to decode bigger messages.
+DEFAULT_MAX_NUMEL = 1 << 28
 
 # dtype codes on the wire. Stable: never renumber, only append.
 DTYPE_CODES: dict[str, int] = {"float32": 1, "float64": 2, "float16": 3, "bool": 4, "uint8": 5}
