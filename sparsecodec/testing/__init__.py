@@ -19,10 +19,7 @@ __all__ = ["check_codec", "check_frame_properties", "check_hostile_bytes", "code
            "dense_configs", "model_updates", "sparse_supports", "topk_configs", "update_tensors",
            "update_vectors"]
 
-try:  # mask strategies live beside the mask codec's own properties
-    from .masks import *  # noqa: F401,F403
-    from . import masks as _masks
+from . import masks as _masks  # mask strategies live beside the mask codec's own properties
+from .masks import *  # noqa: E402,F401,F403
 
-    __all__ += list(getattr(_masks, "__all__", []))
-except ImportError:  # pragma: no cover - only while the mask module is absent
-    pass
+__all__ += list(_masks.__all__)
