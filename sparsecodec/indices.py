@@ -47,18 +47,26 @@ from ._kernels.eliasfano import ef_decode, ef_encode
 from ._kernels.golomb import golomb_decode, golomb_encode, golomb_scan
 from ._kernels.rawbits import raw_decode, raw_encode
 from ._kernels.varint import gap_varints_decode, gap_varints_encode, zstd_blocks_end
+from .bounds import topk_index_bits
 from .errors import ConfigError, CorruptFrameError, TruncatedFrameError
 
-__all__ = ["INDEX_CODERS", "DECODE_SPEED_ORDER", "NEAR_TIE", "ZSTD_LEVEL", "encode_indices",
+__all__ = ["INDEX_CODERS", "DECODE_SPEED_ORDER", "FAST_CODERS", "NEAR_TIE", "NEAR_BOUND", "ZSTD_LEVEL", "encode_indices",
            "decode_indices", "index_payload_bits", "choose_index_coder", "raw_width",
            "golomb_parameter", "eliasfano_low_bits"]
 
-INDEX_CODERS = {"raw": 0, "golomb": 1, "eliasfano": 2, "bitmap": 3, "zstd": 4}
+INDEX_CODERS = {"raw": 0, "golomb": 1, "eliasfano": 2, "bitmap": 3, "zstd": 4, "gaps": 5}
 _NAME_OF_ID = {v: k for k, v in INDEX_CODERS.items()}
 
 #: Near-ties in :func:`choose_index_coder` go to the coder that comes first here: the order of
 #: decode speed measured by ``benchmarks.indices_bench.bench_index_decode``.
-DECODE_SPEED_ORDER = ("raw", "eliasfano", "zstd", "golomb", "bitmap")
+DECODE_SPEED_ORDER = ("raw", "eliasfano", "zstd", "golomb", "gaps", "bitmap")
+#: Coders whose decode is a few ns per index; "gaps" (arithmetic-coded, ~20x slower per
+#: index) and "bitmap" (O(numel)) are used only where these are not already near the bound.
+FAST_CODERS = ("raw", "eliasfano", "zstd", "golomb")
+#: A fast coder within this fraction of log2 C(numel, k) is preferred to the slow ones.
+NEAR_BOUND = 0.005
+#: "gaps" (O(k)) is preferred to "bitmap" (O(numel)) unless bitmap saves more than this.
+SLOW_TIE_BITS = 16
 #: Candidates within this fraction of the smallest size count as tied.
 NEAR_TIE = 0.003
 #: Fixed zstd level: structured gap streams shrink to a few bytes at any level; 9 keeps
@@ -298,6 +306,10 @@ def encode_indices(idx: np.ndarray, numel: int, coder: str) -> bytes:
         from .entropy_index import encode_bitmap  # noqa: PLC0415 (another module, loaded on use)
 
         return bytes(encode_bitmap(idx, numel))
+    if name == "gaps":
+        from .entropy_index import encode_gaps  # noqa: PLC0415
+
+        return bytes(encode_gaps(idx, numel))
     if name == "golomb":
         nbits = golomb_bits
     elif name == "raw":
@@ -392,6 +404,10 @@ def decode_indices(payload, numel: int, k: int, coder, out: np.ndarray | None = 
         from .entropy_index import decode_bitmap  # noqa: PLC0415
 
         return decode_bitmap(payload, numel, k, out=out)
+    elif name == "gaps":
+        from .entropy_index import decode_gaps  # noqa: PLC0415
+
+        return decode_gaps(payload, numel, k, out=out)
     else:
         # the bit readers want the payload followed by PAD zero bytes (see _kernels.bitio)
         buf = np.zeros(nbytes + PAD, np.uint8)
@@ -430,6 +446,10 @@ def index_payload_bits(idx: np.ndarray, numel: int, coder: str) -> int:
         return 8 * ((golomb_bits + 7) >> 3)
     if name == "zstd":
         return 8 * len(_zstd_encode(idx))
+    if name == "gaps":
+        from .entropy_index import gaps_bits_estimate  # noqa: PLC0415
+
+        return 8 * round(gaps_bits_estimate(numel, idx.size) / 8)
     return _closed_form_bits(name, idx, numel)
 
 
@@ -494,8 +514,18 @@ def choose_index_coder(idx: np.ndarray, numel: int) -> str:
     encoded once, and only when the gaps look structured: many equal neighbouring gaps
     (:func:`_looks_structured`, free) or, failing that, a fixed-size zstd probe of the first
     4096 gaps that beats Golomb clearly (:func:`_probe_is_structured`).
-    Tie rule: every candidate within ``NEAR_TIE`` (0.3 %) of the smallest counts as tied,
-    and the tie goes to the one that decodes fastest (first in :data:`DECODE_SPEED_ORDER`).
+    ``gaps`` and ``bitmap`` (arithmetic-coded, ~log2 C + 5 bits) come from O(1) estimates.
+
+    Rule, balancing size against decode speed:
+
+    1. the fast coders (raw, eliasfano, zstd, golomb; a few ns per index) win when the best
+       of them is within ``NEAR_TIE`` (0.3 %) of the smallest candidate or within
+       ``NEAR_BOUND`` (0.5 %) of ``log2 C(numel, k)``; among those within that limit the
+       fastest to decode (first in :data:`DECODE_SPEED_ORDER`) is chosen;
+    2. otherwise (small k, where Golomb's per-gap redundancy shows, or densities near 0.4
+       where it is ~3 % off) the arithmetic coders: ``gaps`` (O(k)) unless ``bitmap``
+       (O(numel)) saves more than ``SLOW_TIE_BITS``.
+
     With ``k == 0`` or ``k == numel`` every payload is empty and the answer is ``"raw"``.
 
     >>> rng = np.random.default_rng(0)
@@ -510,9 +540,18 @@ def choose_index_coder(idx: np.ndarray, numel: int) -> str:
     sizes["golomb"] = 8 * ((golomb_bits + 7) >> 3)
     from . import entropy_index  # noqa: PLC0415 (another module, loaded on use)
 
-    if numel <= entropy_index.MAX_NUMEL:  # the bitmap coder's own limit
-        sizes["bitmap"] = entropy_index.bitmap_bits_estimate(numel, k)
     if _looks_structured(repeats, k, numel) or _probe_is_structured(idx, numel, golomb):
         sizes["zstd"] = 8 * len(_zstd_encode(idx))
-    limit = min(sizes.values()) * (1.0 + NEAR_TIE)
-    return next(name for name in DECODE_SPEED_ORDER if name in sizes and sizes[name] <= limit)
+    slow = {}
+    if numel <= entropy_index.MAX_NUMEL:  # the bitmap coder's own limit
+        slow["bitmap"] = 8 * math.ceil(entropy_index.bitmap_bits_estimate(numel, k) / 8)
+    if numel <= entropy_index.MAX_GAPS_NUMEL:   # payloads are whole bytes, like the others'
+        slow["gaps"] = 8 * math.ceil(entropy_index.gaps_bits_estimate(numel, k) / 8)
+    best = min([*sizes.values(), *slow.values()])
+    limit = max(best * (1.0 + NEAR_TIE), topk_index_bits(numel, k) * (1.0 + NEAR_BOUND))
+    if not slow or min(sizes.values()) <= limit:
+        limit = max(limit, min(sizes.values()))
+        return next(name for name in FAST_CODERS if name in sizes and sizes[name] <= limit)
+    if "gaps" in slow and ("bitmap" not in slow or slow["gaps"] <= slow["bitmap"] + SLOW_TIE_BITS):
+        return "gaps"
+    return "bitmap"

@@ -13,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 import reference_indices as ref
 from sparsecodec import indices as ix
+from sparsecodec.bounds import topk_index_bits
 from sparsecodec.errors import ConfigError, CorruptFrameError, FrameError, TruncatedFrameError
 from sparsecodec.indices import (INDEX_CODERS, choose_index_coder, decode_indices, encode_indices,
                                  index_payload_bits)
@@ -394,21 +395,24 @@ def _structured(idx, numel):
 @settings(max_examples=40)
 @given(support=supports())
 def test_choice_is_smallest_up_to_near_ties(support):
-    from sparsecodec.entropy_index import bitmap_bits_estimate
-
+    """Auto never costs more than 0.3 % over the smallest coder or 0.5 % over the bound, and
+    uses an arithmetic coder (gaps/bitmap) only where no fast coder gets that close."""
     idx, numel = support
     choice = choose_index_coder(idx, numel)
     if idx.size in (0, numel):
         assert choice == "raw"
         return
-    sizes = {c: 8 * len(encode_indices(idx, numel, c)) for c in ("raw", "golomb", "eliasfano")}
-    sizes["bitmap"] = bitmap_bits_estimate(numel, idx.size)
-    if _structured(idx, numel):
-        sizes["zstd"] = 8 * len(encode_indices(idx, numel, "zstd"))
-    limit = min(sizes.values()) * (1 + ix.NEAR_TIE)
-    assert sizes[choice] <= limit
-    faster = ix.DECODE_SPEED_ORDER[:ix.DECODE_SPEED_ORDER.index(choice)]
-    assert all(sizes.get(c, np.inf) > limit for c in faster)
+    sizes = {c: 8 * len(encode_indices(idx, numel, c)) for c in ix.INDEX_CODERS}
+    bound = topk_index_bits(numel, idx.size)
+    limit = max(min(sizes.values()) * (1 + ix.NEAR_TIE), bound * (1 + ix.NEAR_BOUND))
+    # slow coders are chosen from size *estimates*, which can miss by a byte or two
+    slack = 0 if choice in ix.FAST_CODERS else 16 + ix.SLOW_TIE_BITS
+    assert sizes[choice] <= limit + slack, (choice, sizes, bound)
+    if choice in ix.FAST_CODERS:
+        faster = ix.FAST_CODERS[:ix.FAST_CODERS.index(choice)]
+        assert all(sizes[c] > max(limit, sizes[choice]) for c in faster if c != "zstd"), (choice, sizes)
+    else:
+        assert min(sizes[c] for c in ("raw", "golomb", "eliasfano")) > limit - 16, (choice, sizes, bound)
 
 
 @pytest.mark.parametrize("numel", [10**4, 10**5])

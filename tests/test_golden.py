@@ -1,0 +1,35 @@
+"""Committed frames must keep decoding to the committed arrays (never regenerated here).
+
+To change the format on purpose: bump FORMAT_VERSION, keep a reader for the old version,
+and add new golden frames with tests/golden/make_core_golden.py.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sparsecodec as sc
+
+CORE = Path(__file__).resolve().parent / "golden" / "core"
+FRAMES = sorted(p for p in CORE.glob("*.bin") if not p.name.startswith("bundle"))
+
+
+def test_golden_frames_exist():
+    assert len(FRAMES) >= 15, f"golden frames missing under {CORE}"
+
+
+@pytest.mark.parametrize("path", FRAMES, ids=lambda p: p.stem)
+def test_golden_frame_decodes(path):
+    expected = np.load(path.with_suffix(".npy"))
+    got = sc.decode(path.read_bytes())
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    assert got.tobytes() == expected.tobytes()
+
+
+def test_golden_bundle_decodes():
+    expected = np.load(CORE / "bundle_global.npz")
+    got = sc.decode_bundle((CORE / "bundle_global.bin").read_bytes())
+    assert sorted(got) == sorted(expected.files)
+    for name in expected.files:
+        assert got[name].tobytes() == expected[name].tobytes()
