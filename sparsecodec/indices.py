@@ -243,27 +243,45 @@ def _varint_cap(numel: int, k: int) -> int:
     return k * max(1, -(-max(1, numel - 1).bit_length() // 7))
 
 
-def _zstd_encode(idx: np.ndarray) -> bytes:
+# The zstd payload starts with a layout byte: the gaps as LEB128 varints (compact for small
+# gaps) or as little-endian uint32 (``idx[0]`` then ``idx[i] - idx[i-1]``), whose fixed width
+# lets zstd match long periodic patterns (matrix columns) better. The encoder keeps the smaller,
+# so the coder is never worse than int32 gaps + zstd on the same indices.
+_LAYOUT_VARINT, _LAYOUT_U32 = 0, 1
+
+
+def _zstd_encode(idx: np.ndarray, numel: int) -> bytes:
     raw = np.empty(10 * idx.size, np.uint8)
     nbytes = gap_varints_encode(idx, raw)
     if nbytes < 0:
         raise AssertionError("gap varint buffer overflow")  # 10 bytes hold any int64 gap
     compressor = _zstd()[0]
-    return compressor.compress(raw[:nbytes])
+    best = bytes([_LAYOUT_VARINT]) + compressor.compress(raw[:nbytes])
+    if numel <= 1 << 32:
+        gaps = np.diff(idx, prepend=0).astype("<u4")   # idx[0] - 0, then the differences
+        u32 = bytes([_LAYOUT_U32]) + compressor.compress(gaps.tobytes())
+        if len(u32) < len(best):
+            best = u32
+    return best
 
 
 def _zstd_decode(buf: np.ndarray, numel: int, k: int, out: np.ndarray) -> int:
     """Validate the frame container, decompress with a hard output cap, decode the gaps."""
     nbytes = buf.size
-    if nbytes < 2:
+    if nbytes < 3:
         return ERR_TRUNCATED
+    layout = int(buf[0])
+    if layout not in (_LAYOUT_VARINT, _LAYOUT_U32) or (layout == _LAYOUT_U32 and numel > 1 << 32):
+        raise CorruptFrameError(f"zstd index payload: unknown gap layout {layout}")
+    buf = buf[1:]
+    nbytes -= 1
     # Frame header (magicless): the descriptor byte must be 0 (no content size, no single
     # segment, no checksum, no dictionary) as our encoder writes it, then a window byte.
     if buf[0] != 0:
         raise CorruptFrameError(f"zstd index payload: unexpected frame descriptor 0x{int(buf[0]):02x}")
     exponent, mantissa = int(buf[1]) >> 3, int(buf[1]) & 7
     window = (1 << (10 + exponent)) + ((1 << (10 + exponent)) >> 3) * mantissa
-    cap = _varint_cap(numel, k)
+    cap = _varint_cap(numel, k) if layout == _LAYOUT_VARINT else 4 * k
     window_limit = max(1 << 10, 1 << (cap - 1).bit_length())  # zstd shrinks the window to the input
     if window > window_limit:
         raise CorruptFrameError(f"zstd index payload declares a {window}-byte window; {k} gaps "
@@ -279,7 +297,15 @@ def _zstd_decode(buf: np.ndarray, numel: int, k: int, out: np.ndarray) -> int:
     except zstandard.ZstdError as exc:
         raise CorruptFrameError(f"zstd index payload does not decompress ({exc}); at most {cap} "
                                 f"bytes of gaps are allowed for k={k}") from None
-    return gap_varints_decode(np.frombuffer(raw, np.uint8), numel, k, out)
+    if layout == _LAYOUT_VARINT:
+        return gap_varints_decode(np.frombuffer(raw, np.uint8), numel, k, out)
+    if len(raw) != 4 * k:
+        return ERR_TRUNCATED if len(raw) < 4 * k else ERR_PADDING
+    gaps = np.frombuffer(raw, "<u4").astype(np.int64)
+    if k > 1 and int(gaps[1:].min()) < 1:
+        return ERR_ORDER
+    np.cumsum(gaps, out=out)
+    return ERR_RANGE if int(out[-1]) >= numel else OK
 
 
 # -- public API --------------------------------------------------------------------------------
@@ -301,7 +327,7 @@ def encode_indices(idx: np.ndarray, numel: int, coder: str) -> bytes:
     if k == 0 or k == numel:
         return b""
     if name == "zstd":
-        return _zstd_encode(idx)
+        return _zstd_encode(idx, numel)
     if name == "bitmap":
         from .entropy_index import encode_bitmap  # noqa: PLC0415 (another module, loaded on use)
 
@@ -445,7 +471,7 @@ def index_payload_bits(idx: np.ndarray, numel: int, coder: str) -> int:
     if name == "golomb":
         return 8 * ((golomb_bits + 7) >> 3)
     if name == "zstd":
-        return 8 * len(_zstd_encode(idx))
+        return 8 * len(_zstd_encode(idx, numel))
     if name == "gaps":
         from .entropy_index import gaps_bits_estimate  # noqa: PLC0415
 
@@ -541,16 +567,17 @@ def choose_index_coder(idx: np.ndarray, numel: int) -> str:
     from . import entropy_index  # noqa: PLC0415 (another module, loaded on use)
 
     if _looks_structured(repeats, k, numel) or _probe_is_structured(idx, numel, golomb):
-        sizes["zstd"] = 8 * len(_zstd_encode(idx))
+        sizes["zstd"] = 8 * len(_zstd_encode(idx, numel))
     slow = {}
     if numel <= entropy_index.MAX_NUMEL:  # the bitmap coder's own limit
-        slow["bitmap"] = 8 * math.ceil(entropy_index.bitmap_bits_estimate(numel, k) / 8)
+        slow["bitmap"] = 8 * round(entropy_index.bitmap_bits_estimate(numel, k) / 8)
     if numel <= entropy_index.MAX_GAPS_NUMEL:   # payloads are whole bytes, like the others'
-        slow["gaps"] = 8 * math.ceil(entropy_index.gaps_bits_estimate(numel, k) / 8)
-    best = min([*sizes.values(), *slow.values()])
-    limit = max(best * (1.0 + NEAR_TIE), topk_index_bits(numel, k) * (1.0 + NEAR_BOUND))
-    if not slow or min(sizes.values()) <= limit:
-        limit = max(limit, min(sizes.values()))
+        slow["gaps"] = 8 * round(entropy_index.gaps_bits_estimate(numel, k) / 8)
+    fast_best = min(sizes.values())
+    slow_best = min(slow.values(), default=float("inf"))
+    # the fast tier wins unless it is neither near the slow coders nor near the bound
+    if fast_best <= slow_best * (1.0 + NEAR_TIE) or fast_best <= topk_index_bits(numel, k) * (1.0 + NEAR_BOUND):
+        limit = fast_best * (1.0 + NEAR_TIE)
         return next(name for name in FAST_CODERS if name in sizes and sizes[name] <= limit)
     if "gaps" in slow and ("bitmap" not in slow or slow["gaps"] <= slow["bitmap"] + SLOW_TIE_BITS):
         return "gaps"

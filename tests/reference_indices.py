@@ -267,9 +267,20 @@ def _zstd_params():
 
 
 def zstd_encode(idx, numel) -> bytes:
+    """Layout byte 0 + zstd(varint gaps), or 1 + zstd(uint32 gaps) when that is shorter."""
     if len(idx) in (0, numel):
         return b""
-    return zstandard.ZstdCompressor(compression_params=_zstd_params()).compress(gap_varints(idx))
+    cctx = zstandard.ZstdCompressor(compression_params=_zstd_params())
+    best = b"\x00" + cctx.compress(gap_varints(idx))
+    if numel <= 2**32:
+        prev, raw = 0, bytearray()
+        for i in idx:
+            raw += int(i - prev).to_bytes(4, "little")
+            prev = int(i)
+        alt = b"\x01" + cctx.compress(bytes(raw))
+        if len(alt) < len(best):
+            best = alt
+    return best
 
 
 def zstd_decode(payload: bytes, numel: int, k: int) -> list[int]:
@@ -278,6 +289,9 @@ def zstd_decode(payload: bytes, numel: int, k: int) -> list[int]:
         if payload:
             raise RefError("corrupt")
         return list(range(k))
+    if not payload or payload[0] not in (0, 1):
+        raise RefError("corrupt")
+    layout, payload = payload[0], payload[1:]
     dobj = zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS).decompressobj()
     try:
         raw = dobj.decompress(payload)
@@ -287,7 +301,20 @@ def zstd_decode(payload: bytes, numel: int, k: int) -> list[int]:
         raise RefError("truncated")
     if dobj.unused_data:
         raise RefError("corrupt")
-    return parse_gap_varints(raw, numel, k)
+    if layout == 0:
+        return parse_gap_varints(raw, numel, k)
+    if len(raw) != 4 * k:
+        raise RefError("corrupt")
+    out, pos = [], 0
+    for i in range(k):
+        gap = int.from_bytes(raw[4 * i:4 * i + 4], "little")
+        if i and gap < 1:
+            raise RefError("corrupt")
+        pos += gap
+        out.append(pos)
+    if out[-1] >= numel:
+        raise RefError("corrupt")
+    return out
 
 
 ENCODERS = {"raw": raw_encode, "golomb": golomb_encode, "eliasfano": eliasfano_encode,
