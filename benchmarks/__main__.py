@@ -37,7 +37,9 @@ def _fmt(v) -> str:
 def print_table(title: str, rows: list[dict], columns: list[str] | None = None) -> None:
     if not rows:
         return
-    columns = columns or [c for c in rows[0] if not isinstance(rows[0][c], (dict, list))]
+    if columns is None:   # the union of the rows' scalar fields, in first-seen order
+        columns = list(dict.fromkeys(c for r in rows for c, v in r.items()
+                                     if not isinstance(v, (dict, list))))
     cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     print(f"\n## {title}\n")

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._kernels import ERR_ORDER, ERR_RANGE
+from ._kernels import ERR_ORDER, ERR_OVERFLOW, ERR_RANGE
 from ._kernels import enumerative as _enum
 from ._kernels.enumerative import decode_enumerative_indices, encode_enumerative_indices
 from ._kernels.rangecoder import max_payload_bytes
@@ -79,8 +79,16 @@ def _encode(kernel, idx, numel: int, limit: int, capacity, name: str) -> bytes:
     if arr.dtype.kind == "u" and arr.size and int(arr.max()) >= numel:
         raise ConfigError(f"indices must be < numel={numel}")
     arr = np.ascontiguousarray(arr, dtype=np.int64)
-    out = np.empty(capacity(numel, k), np.uint8)
+    # First try a buffer sized from the expected payload (the kernels check every write and
+    # report ERR_OVERFLOW); only a support far off the estimate pays for the worst-case size,
+    # which is ~20x larger (every coded bit may cost up to 21 bits).
+    worst = capacity(numel, k)
+    expected = int(topk_index_bits(numel, k) * 1.25 / 8) + 64
+    out = np.empty(min(worst, expected), np.uint8)
     nbytes = kernel(arr, numel, out)
+    if nbytes == ERR_OVERFLOW and out.size < worst:
+        out = np.empty(worst, np.uint8)
+        nbytes = kernel(arr, numel, out)
     if nbytes in (ERR_ORDER, ERR_RANGE):
         raise ConfigError(f"idx must be strictly increasing integers in [0, {numel}) "
                           f"(status {nbytes}); sort and deduplicate them first")
