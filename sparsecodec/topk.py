@@ -28,7 +28,7 @@ Example:
     >>> x = np.arange(-5, 5, dtype=np.float32)
     >>> codec = sc.TopK(k=3)
     >>> codec.decode(bytes(codec.encode(x))).tolist()
-    [-5.0, -4.0, -3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    [-5.0, -4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 4.0]
     >>> sc.TopK.flare(R=0.001).k_for(582_026)   # FLARE CNN tensor at R = 0.001 %
     7
 """
