@@ -37,7 +37,7 @@ _LAZY = {
     "Dense": "dense",
     "MaskCodec": "mask",
     "ErrorFeedback": "feedback",
-    "encode_bundle": "bundle", "decode_bundle": "bundle", "Bundle": "bundle",
+    "encode_bundle": "bundle", "decode_bundle": "bundle", "Bundle": "bundle", "Schema": "bundle",
     "decode": "generic",
     "bounds": None, "testing": None, "indices": None, "values": None,
 }

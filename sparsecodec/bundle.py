@@ -8,6 +8,12 @@ One preamble, one checksum (on by default), then per tensor its name and a codec
               codec body: wire id, dtype/shape, payload     (the codec's own sections)
     CRC-32                                                 (checksum)
 
+With a :class:`Schema` (the names, dtypes and shapes both ends already know: the model's
+architecture), the preamble is followed by the schema's CRC-32 fingerprint and each entry
+carries its schema index instead of its name, and its body no tensor header. At FL-typical
+sparsities this removes most of a message's fixed bits; a decoder holding another schema
+gets a clear error instead of misplaced tensors.
+
 ``scope="global"`` (with a :class:`~sparsecodec.TopK` codec) picks the top-k over *all*
 tensors together (SparsyFed, Sparse-ProxSkip) instead of per tensor (FLARE); each tensor's
 body then holds its share of the k entries.
@@ -33,10 +39,74 @@ import numpy as np
 
 from .abc import Codec
 from .errors import ConfigError, CorruptFrameError, LimitExceededError
-from .frame import BUNDLE_WIRE_ID, DEFAULT_MAX_NUMEL, Frame, FrameReader, FrameWriter
+import zlib
+from dataclasses import dataclass, field
+
+from .frame import (BUNDLE_WIRE_ID, DEFAULT_MAX_NUMEL, SCHEMA_BUNDLE_WIRE_ID, Frame, FrameReader,
+                    FrameWriter)
 from .registry import codec_for_wire_id
 
-__all__ = ["encode_bundle", "decode_bundle", "Bundle"]
+__all__ = ["encode_bundle", "decode_bundle", "Bundle", "Schema"]
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The ordered (name, dtype, shape) of a message's tensors, known to both ends.
+
+    >>> import numpy as np, sparsecodec as sc
+    >>> model = {"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)}
+    >>> schema = sc.Schema.from_tensors(model)
+    >>> update = {"w": np.ones((4, 3), np.float32), "b": np.ones(3, np.float32)}
+    >>> with_names = sc.encode_bundle(update, sc.TopK(k=2))
+    >>> compact = sc.encode_bundle(update, sc.TopK(k=2), schema=schema)
+    >>> compact.nbits < with_names.nbits
+    True
+    >>> sorted(sc.decode_bundle(bytes(compact), schema=schema))
+    ['b', 'w']
+    """
+
+    entries: tuple[tuple[str, str, tuple[int, ...]], ...]
+    _index: dict = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index = {}
+        for i, (name, dtype, shape) in enumerate(self.entries):
+            if name in index:
+                raise ConfigError(f"schema names must be unique: {name!r} appears twice")
+            np.dtype(dtype)
+            index[name] = i
+        object.__setattr__(self, "_index", index)
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, Any]) -> "Schema":
+        """The schema of a model's tensors (arrays, torch tensors, anything with dtype/shape)."""
+        def dtype_name(x) -> str:
+            dt = getattr(x, "dtype", None)
+            if dt is None:
+                return np.asarray(x).dtype.name
+            return str(dt).replace("torch.", "") if type(dt).__module__ == "torch" else np.dtype(dt).name
+
+        return cls(tuple((str(name), dtype_name(x), tuple(int(d) for d in x.shape))
+                         for name, x in tensors.items()))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def fingerprint(self) -> int:
+        """CRC-32 of the canonical (name, dtype, shape) list: what the frame carries."""
+        blob = bytearray()
+        for name, dtype, shape in self.entries:
+            blob += name.encode("utf-8") + b"\0" + np.dtype(dtype).name.encode() + b"\0"
+            blob += len(shape).to_bytes(1, "little") + b"".join(d.to_bytes(8, "little") for d in shape)
+        return zlib.crc32(bytes(blob)) & 0xFFFFFFFF
+
+    def position(self, name: str) -> int:
+        try:
+            return self._index[name]
+        except KeyError:
+            raise ConfigError(f"tensor {name!r} is not in the schema ({len(self)} names, e.g. "
+                              f"{[e[0] for e in self.entries[:5]]})") from None
 
 MAX_NAME_BYTES = 1024
 MAX_ENTRIES = 1 << 20
@@ -71,12 +141,15 @@ def global_indices(tensors: Mapping[str, np.ndarray], codec) -> dict[str, np.nda
 def encode_bundle(tensors: Mapping[str, Any], codec: Codec | Mapping[str, Codec], *,
                   scope: str = "tensor", checksum: bool = True,
                   side: Mapping[str, Mapping[str, Any]] | None = None,
+                  schema: Schema | None = None,
                   on_encoded: Callable[[str, Any], None] | None = None) -> Frame:
     """Encode named tensors into one message.
 
     ``codec`` is one codec for all tensors or a mapping name -> codec. ``scope`` is
     ``"tensor"`` (each tensor coded on its own) or ``"global"`` (one top-k over all).
     ``side`` gives side information per tensor name (``{"mask": {"p": probs}}``).
+    ``schema``: send schema positions instead of names and omit per-tensor headers (the
+    decoder must pass the same schema).
     ``on_encoded(name, result)`` receives each tensor's ``(idx, v_hat)`` (TopK) or ``None``,
     which error feedback uses to update residuals in place. ``frame.meta["tensors"]`` holds
     each tensor's bits per section, for ledgers.
@@ -84,7 +157,9 @@ def encode_bundle(tensors: Mapping[str, Any], codec: Codec | Mapping[str, Codec]
     if scope not in ("tensor", "global"):
         raise ConfigError(f"scope must be 'tensor' or 'global', got {scope!r}")
     chosen = global_indices(tensors, codec) if scope == "global" else {}
-    w = FrameWriter(BUNDLE_WIRE_ID, checksum=checksum)
+    w = FrameWriter(SCHEMA_BUNDLE_WIRE_ID if schema is not None else BUNDLE_WIRE_ID, checksum=checksum)
+    if schema is not None:
+        w.raw(schema.fingerprint.to_bytes(4, "little"), "header")
     w.varint(len(tensors), "header")
     per_tensor: dict[str, dict[str, int]] = {}
     numel = 0
@@ -95,14 +170,21 @@ def encode_bundle(tensors: Mapping[str, Any], codec: Codec | Mapping[str, Codec]
         if len(name_b) > MAX_NAME_BYTES:
             raise ConfigError(f"tensor name longer than {MAX_NAME_BYTES} bytes: {name[:40]}...")
         c = _codec_for(codec, name)
-        body_w = FrameWriter(c.wire_id, body_only=True)
+        known = None
+        if schema is not None:
+            pos = schema.position(name)
+            known = schema.entries[pos][1:]
+        body_w = FrameWriter(c.wire_id, body_only=True, known=known)
         extra = dict((side or {}).get(name, {}))
         if name in chosen:
             extra["indices"] = chosen[name]
         result = c._write_body(x, body_w, **extra)
         body, sections = body_w.body()
-        w.varint(len(name_b), "header")
-        w.raw(name_b, "header")
+        if schema is not None:
+            w.varint(pos, "header")
+        else:
+            w.varint(len(name_b), "header")
+            w.raw(name_b, "header")
         w.varint(len(body), "header")
         w.embed(body, sections)
         per_tensor[name] = sections
@@ -113,34 +195,55 @@ def encode_bundle(tensors: Mapping[str, Any], codec: Codec | Mapping[str, Codec]
 
 
 def decode_bundle(data, *, max_numel: int = DEFAULT_MAX_NUMEL,
-                  side: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, np.ndarray]:
+                  side: Mapping[str, Mapping[str, Any]] | None = None,
+                  schema: Schema | None = None) -> dict[str, np.ndarray]:
     """Decode a bundle into ``{name: array}``; validates everything before returning.
 
     ``max_numel`` bounds the total number of elements over all tensors. ``side`` gives side
     information per tensor name (e.g. ``{"mask": {"p": probs}}`` for a MaskCodec entry).
     """
     r = FrameReader(data, max_numel=max_numel)
-    if r.wire_id != BUNDLE_WIRE_ID:
+    if r.wire_id not in (BUNDLE_WIRE_ID, SCHEMA_BUNDLE_WIRE_ID):
         raise CorruptFrameError("not a bundle frame; use sparsecodec.decode(data) for single tensors")
-    return _read_entries(r, max_numel, side or {})
+    return _read_entries(r, max_numel, side or {}, schema)
 
 
-def _read_entries(r: FrameReader, max_numel: int, side: Mapping[str, Mapping[str, Any]]) -> dict:
-    count = r.varint("entry count", min(MAX_ENTRIES, r.remaining))
+def _read_entries(r: FrameReader, max_numel: int, side: Mapping[str, Mapping[str, Any]],
+                  schema: Schema | None = None) -> dict:
+    if r.wire_id == SCHEMA_BUNDLE_WIRE_ID:
+        if schema is None:
+            raise ConfigError("this bundle was encoded against a Schema: pass the same "
+                              "schema=sc.Schema.from_tensors(model) to decode it")
+        stored = int.from_bytes(r.take(4, "schema fingerprint"), "little")
+        if stored != schema.fingerprint:
+            raise CorruptFrameError(
+                f"schema fingerprint {stored:08x} does not match the decoder's schema "
+                f"({schema.fingerprint:08x}): encoded against another model layout, or corrupted")
+        count_limit = len(schema)
+    else:
+        schema = None
+        count_limit = MAX_ENTRIES
+    count = r.varint("entry count", min(count_limit, r.remaining))
     out: dict[str, np.ndarray] = {}
     budget = int(max_numel)
     for i in range(count):
-        name_len = r.varint(f"entry {i} name length", MAX_NAME_BYTES)
-        try:
-            name = bytes(r.take(name_len, f"entry {i} name")).decode("utf-8")
-        except UnicodeDecodeError:
-            raise CorruptFrameError(f"entry {i} name is not valid UTF-8") from None
+        known = None
+        if schema is not None:
+            pos = r.varint(f"entry {i} schema position", len(schema) - 1)
+            name, known = schema.entries[pos][0], schema.entries[pos][1:]
+        else:
+            name_len = r.varint(f"entry {i} name length", MAX_NAME_BYTES)
+            try:
+                name = bytes(r.take(name_len, f"entry {i} name")).decode("utf-8")
+            except UnicodeDecodeError:
+                raise CorruptFrameError(f"entry {i} name is not valid UTF-8") from None
         if name in out:
             raise CorruptFrameError(f"tensor name {name!r} appears twice")
         body_len = r.varint(f"entry {name!r} body length", r.remaining)
         start = r.pos
         r.take(body_len, f"entry {name!r} body")
-        sub = FrameReader(r.buf, max_numel=budget, body_only=True, start=start, end=start + body_len)
+        sub = FrameReader(r.buf, max_numel=budget, body_only=True, start=start, end=start + body_len,
+                          known=known)
         cls = codec_for_wire_id(sub.wire_id)
         try:
             arr = cls._read_body(sub, **dict(side.get(name, {})))

@@ -104,14 +104,14 @@ class ErrorFeedback:
 
     # -- a whole model update --------------------------------------------------------------
     def step_bundle(self, tensors: Mapping[str, Any], codec: Codec | Mapping[str, Codec], *,
-                    scope: str = "tensor", checksum: bool = True) -> Frame:
+                    scope: str = "tensor", checksum: bool = True, schema=None) -> Frame:
         """Error feedback over a whole update sent as one bundle (``scope="global"`` allowed)."""
         from .bundle import encode_bundle
 
         acc = {name: self._accumulate(name, x) for name, x in tensors.items()}
         sent: dict[str, Any] = {}
         try:
-            frame = encode_bundle(acc, codec, scope=scope, checksum=checksum,
+            frame = encode_bundle(acc, codec, scope=scope, checksum=checksum, schema=schema,
                                   on_encoded=lambda n, r: sent.__setitem__(n, r))
         except Exception:
             for name, x in tensors.items():
@@ -126,7 +126,7 @@ class ErrorFeedback:
                 if decoded is None:
                     from .bundle import decode_bundle
 
-                    decoded = decode_bundle(bytes(frame))
+                    decoded = decode_bundle(bytes(frame), schema=schema)
                 np.subtract(e, decoded[name], out=e)
         return frame
 

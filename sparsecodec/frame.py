@@ -77,6 +77,7 @@ CRC_BYTES = 4
 FLAG_CHECKSUM = 0x03
 _KNOWN_FLAGS = FLAG_CHECKSUM
 BUNDLE_WIRE_ID = 0x7F
+SCHEMA_BUNDLE_WIRE_ID = 0x7E
 MAX_NDIM = 32
 
 #: Decoders refuse frames declaring more elements than this unless the caller raises it.
@@ -170,10 +171,13 @@ class Frame:
 class FrameWriter:
     """Builds a frame (or a bare codec body) and counts bytes per section."""
 
-    __slots__ = ("_buf", "_sections", "_checksum", "_body_only")
+    __slots__ = ("_buf", "_sections", "_checksum", "_body_only", "known")
 
     def __init__(self, wire_id: int | None = None, *, checksum: bool = False,
-                 body_only: bool = False) -> None:
+                 body_only: bool = False, known: tuple | None = None) -> None:
+        # ``known=(dtype, shape)``: both ends already know the tensor's dtype and shape (a
+        # bundle schema), so tensor_header() checks them and writes nothing.
+        self.known = known
         self._buf = bytearray()
         self._sections: dict[str, int] = {}
         self._checksum = checksum
@@ -213,6 +217,11 @@ class FrameWriter:
         make every single-bit error in dtype/shape detectable even without the frame CRC.
         """
         name = np.dtype(dtype).name
+        if self.known is not None:
+            if (np.dtype(dtype), tuple(shape)) != (np.dtype(self.known[0]), tuple(self.known[1])):
+                raise ConfigError(f"tensor is {name}{tuple(shape)} but the schema says "
+                                  f"{np.dtype(self.known[0]).name}{tuple(self.known[1])}")
+            return
         if name not in DTYPE_CODES:
             raise ConfigError(f"dtype {name} cannot be framed; supported: {sorted(DTYPE_CODES)}")
         if len(shape) > MAX_NDIM:
@@ -249,10 +258,11 @@ class FrameReader:
     Codec bodies are then read field by field; :meth:`expect_end` rejects trailing bytes.
     """
 
-    __slots__ = ("buf", "pos", "end", "wire_id", "has_checksum", "max_numel")
+    __slots__ = ("buf", "pos", "end", "wire_id", "has_checksum", "max_numel", "known")
 
     def __init__(self, data, *, max_numel: int = DEFAULT_MAX_NUMEL, body_only: bool = False,
-                 start: int = 0, end: int | None = None) -> None:
+                 start: int = 0, end: int | None = None, known: tuple | None = None) -> None:
+        self.known = known   # (dtype, shape) from a bundle schema: the body has no tensor header
         try:
             buf = memoryview(data).cast("B")
         except TypeError as exc:
@@ -354,6 +364,12 @@ class FrameReader:
     # -- shared structures -----------------------------------------------------------------
     def tensor_header(self) -> tuple[np.dtype, tuple[int, ...], int]:
         """Read dtype, shape; verify the header CRC-8; check numel against ``max_numel``."""
+        if self.known is not None:
+            dtype, shape = np.dtype(self.known[0]), tuple(int(d) for d in self.known[1])
+            numel = int(np.prod(shape, dtype=object)) if shape else 1
+            if numel > self.max_numel:
+                raise LimitExceededError(f"schema tensor {shape} exceeds max_numel={self.max_numel}")
+            return dtype, shape, numel
         start = self.pos
         code = self.u8("dtype code")
         nw = self.u8("ndim")

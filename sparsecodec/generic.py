@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .frame import BUNDLE_WIRE_ID, DEFAULT_MAX_NUMEL, FrameReader
+from .frame import BUNDLE_WIRE_ID, DEFAULT_MAX_NUMEL, SCHEMA_BUNDLE_WIRE_ID, FrameReader
 from .registry import codec_for_wire_id
 
 __all__ = ["decode"]
@@ -24,13 +24,13 @@ def decode(data, *, max_numel: int = DEFAULT_MAX_NUMEL, **side: Any) -> np.ndarr
 
     ``max_numel`` caps what a hostile frame can make the decoder allocate. Side information
     (``p=`` for per-entry mask models) is passed through to the codec; for bundles pass
-    ``side={name: {...}}``.
+    ``side={name: {...}}`` and, for a bundle encoded against one, ``schema=``.
     """
     r = FrameReader(data, max_numel=max_numel)
-    if r.wire_id == BUNDLE_WIRE_ID:
+    if r.wire_id in (BUNDLE_WIRE_ID, SCHEMA_BUNDLE_WIRE_ID):
         from .bundle import _read_entries
 
-        return _read_entries(r, max_numel, side.get("side") or {})
+        return _read_entries(r, max_numel, side.get("side") or {}, side.get("schema"))
     x = codec_for_wire_id(r.wire_id)._read_body(r, **side)
     r.expect_end()
     return x

@@ -85,8 +85,8 @@ def codec_for_wire_id(wire_id: int) -> type:
 
 
 def codec_name_for_wire_id(wire_id: int) -> str:
-    from .frame import BUNDLE_WIRE_ID
+    from .frame import BUNDLE_WIRE_ID, SCHEMA_BUNDLE_WIRE_ID
 
-    if wire_id == BUNDLE_WIRE_ID:
+    if wire_id in (BUNDLE_WIRE_ID, SCHEMA_BUNDLE_WIRE_ID):
         return "bundle"
     return codec_for_wire_id(wire_id).codec_id

@@ -33,3 +33,15 @@ def test_golden_bundle_decodes():
     assert sorted(got) == sorted(expected.files)
     for name in expected.files:
         assert got[name].tobytes() == expected[name].tobytes()
+
+
+def test_golden_schema_bundle_decodes():
+    import json
+
+    entries = json.loads((CORE / "bundle_schema.json").read_text())
+    schema = sc.Schema(tuple((n, d, tuple(shape)) for n, d, shape in entries))
+    expected = np.load(CORE / "bundle_schema.npz")
+    got = sc.decode_bundle((CORE / "bundle_schema.bin").read_bytes(), schema=schema)
+    assert sorted(got) == sorted(expected.files)
+    for name in expected.files:
+        assert got[name].tobytes() == expected[name].tobytes()

@@ -4,8 +4,11 @@
 
 Tests never run this: they only check that the committed frames still decode to the
 committed arrays, so a change that breaks old frames fails instead of being papered over.
+Existing files are never overwritten (encoders may legitimately change their choices; the
+old frames must keep decoding): only cases whose files are missing are written.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +39,24 @@ def cases():
 def main() -> None:
     HERE.mkdir(parents=True, exist_ok=True)
     for name, codec, x in cases():
+        if (HERE / f"{name}.bin").exists():
+            continue
         frame = codec.encode(x)
         (HERE / f"{name}.bin").write_bytes(bytes(frame))
         np.save(HERE / f"{name}.npy", codec.decode(bytes(frame)))
     update = {"conv.weight": np.random.default_rng(1).standard_normal((8, 3, 3, 3)).astype(np.float32),
               "conv.bias": np.arange(8, dtype=np.float32)}
-    frame = sc.encode_bundle(update, sc.TopK(density=0.1), scope="global")
-    (HERE / "bundle_global.bin").write_bytes(bytes(frame))
-    np.savez(HERE / "bundle_global.npz", **sc.decode_bundle(bytes(frame)))
+    if not (HERE / "bundle_global.bin").exists():
+        frame = sc.encode_bundle(update, sc.TopK(density=0.1), scope="global")
+        (HERE / "bundle_global.bin").write_bytes(bytes(frame))
+        np.savez(HERE / "bundle_global.npz", **sc.decode_bundle(bytes(frame)))
+    schema = sc.Schema.from_tensors(update)
+    if (HERE / "bundle_schema.bin").exists():
+        return
+    frame = sc.encode_bundle(update, sc.TopK(k=5), schema=schema)
+    (HERE / "bundle_schema.bin").write_bytes(bytes(frame))
+    (HERE / "bundle_schema.json").write_text(json.dumps([list(e) for e in schema.entries]))
+    np.savez(HERE / "bundle_schema.npz", **sc.decode_bundle(bytes(frame), schema=schema))
     print(f"wrote {len(list(HERE.glob('*.bin')))} frames to {HERE}")
 
 
