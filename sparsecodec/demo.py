@@ -69,6 +69,12 @@ def main() -> None:
                   f"{1e3 * t_enc:>7.2f} {1e3 * t_dec:>7.2f}")
     print("\nratio = index bits (incl. each tensor's k) / sum of log2 C(numel, k) per tensor;"
           "\nheader = per-tensor names, shapes and coder ids plus one CRC-32 for the message.")
+    codec = sc.TopK.flare(R=0.001)
+    plain = sc.encode_bundle(update, codec)
+    compact = sc.encode_bundle(update, codec, schema=sc.Schema.from_tensors(update))
+    print(f"\nFLARE's rule at R = 0.001 % ({len(update)} tensors, "
+          f"round(size*R/100)+1 each): {plain.nbits:,} bits per message, header {plain.sections['header']:,};"
+          f"\nwith a shared sc.Schema: {compact.nbits:,} bits, header {compact.sections['header']:,}.")
 
 
 if __name__ == "__main__":
