@@ -1,0 +1,123 @@
+"""The ``zstd`` index coder: gaps (LEB128 varints or uint32) compressed by zstd.
+
+For structured supports (runs of a weight matrix's rows, strided columns) an LZ coder finds
+what the iid-optimal coders cannot. The payload is a layout byte and one *magicless* zstd
+frame without content size, checksum or dictionary id (every byte counts). The decoder
+checks that header layout, caps the window, walks the block headers itself to demand exact
+consumption (python-zstandard ignores trailing data), and decompresses with a hard output
+cap derived from k, so a crafted payload cannot allocate more than O(k).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ._kernels import ERR_ORDER, ERR_PADDING, ERR_RANGE, ERR_TRUNCATED, OK
+from ._kernels.varint import gap_varints_decode, gap_varints_encode, zstd_blocks_end
+from .errors import CorruptFrameError
+
+__all__ = ["ZSTD_LEVEL", "zstd_encode", "zstd_decode", "zstd_context"]
+
+#: Fixed zstd level: structured gap streams shrink to a few bytes at any level; 9 keeps
+#: encoding at tens of MB/s on the unstructured ones.
+ZSTD_LEVEL = 9
+
+_zstd_local = threading.local()
+
+
+def zstd_context(probe: bool = False):
+    """This thread's zstd contexts, built once per thread (they are costly to make and not
+    thread-safe to share).
+
+    ``zstd_context()`` is ``(compressor, decompressor, zstandard module)`` at :data:`ZSTD_LEVEL`;
+    ``_zstd(probe=True)`` is the level-1 compressor of :func:`_probe_is_structured`.
+    """
+    ctx = getattr(_zstd_local, "ctx", None)
+    if ctx is None:
+        import zstandard
+
+        def compressor(level):
+            params = zstandard.ZstdCompressionParameters.from_level(
+                level, format=zstandard.FORMAT_ZSTD1_MAGICLESS, write_checksum=0,
+                write_content_size=0, write_dict_id=0)
+            return zstandard.ZstdCompressor(compression_params=params)
+
+        ctx = _zstd_local.ctx = {
+            "main": (compressor(ZSTD_LEVEL),
+                     zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS), zstandard),
+            "probe": compressor(1)}
+    return ctx["probe"] if probe else ctx["main"]
+
+
+def _varint_cap(numel: int, k: int) -> int:
+    """Most bytes k gap varints can take when every gap is < numel."""
+    return k * max(1, -(-max(1, numel - 1).bit_length() // 7))
+
+
+# The zstd payload starts with a layout byte: the gaps as LEB128 varints (compact for small
+# gaps) or as little-endian uint32 (``idx[0]`` then ``idx[i] - idx[i-1]``), whose fixed width
+# lets zstd match long periodic patterns (matrix columns) better. The encoder keeps the smaller,
+# so the coder is never worse than int32 gaps + zstd on the same indices.
+_LAYOUT_VARINT, _LAYOUT_U32 = 0, 1
+
+
+def zstd_encode(idx: np.ndarray, numel: int) -> bytes:
+    raw = np.empty(10 * idx.size, np.uint8)
+    nbytes = gap_varints_encode(idx, raw)
+    if nbytes < 0:
+        raise AssertionError("gap varint buffer overflow")  # 10 bytes hold any int64 gap
+    compressor = zstd_context()[0]
+    best = bytes([_LAYOUT_VARINT]) + compressor.compress(raw[:nbytes])
+    if numel <= 1 << 32:
+        gaps = np.diff(idx, prepend=0).astype("<u4")   # idx[0] - 0, then the differences
+        u32 = bytes([_LAYOUT_U32]) + compressor.compress(gaps.tobytes())
+        if len(u32) < len(best):
+            best = u32
+    return best
+
+
+def zstd_decode(buf: np.ndarray, numel: int, k: int, out: np.ndarray) -> int:
+    """Validate the frame container, decompress with a hard output cap, decode the gaps."""
+    nbytes = buf.size
+    if nbytes < 3:
+        return ERR_TRUNCATED
+    layout = int(buf[0])
+    if layout not in (_LAYOUT_VARINT, _LAYOUT_U32) or (layout == _LAYOUT_U32 and numel > 1 << 32):
+        raise CorruptFrameError(f"zstd index payload: unknown gap layout {layout}")
+    buf = buf[1:]
+    nbytes -= 1
+    # Frame header (magicless): the descriptor byte must be 0 (no content size, no single
+    # segment, no checksum, no dictionary) as our encoder writes it, then a window byte.
+    if buf[0] != 0:
+        raise CorruptFrameError(f"zstd index payload: unexpected frame descriptor 0x{int(buf[0]):02x}")
+    exponent, mantissa = int(buf[1]) >> 3, int(buf[1]) & 7
+    window = (1 << (10 + exponent)) + ((1 << (10 + exponent)) >> 3) * mantissa
+    cap = _varint_cap(numel, k) if layout == _LAYOUT_VARINT else 4 * k
+    window_limit = max(1 << 10, 1 << (cap - 1).bit_length())  # zstd shrinks the window to the input
+    if window > window_limit:
+        raise CorruptFrameError(f"zstd index payload declares a {window}-byte window; {k} gaps "
+                                f"need at most {window_limit}")
+    end = zstd_blocks_end(buf, 2)
+    if end < 0:
+        return end
+    if end != nbytes:
+        return ERR_PADDING
+    _, decompressor, zstandard = zstd_context()
+    try:
+        raw = decompressor.decompress(buf, max_output_size=cap)
+    except zstandard.ZstdError as exc:
+        raise CorruptFrameError(f"zstd index payload does not decompress ({exc}); at most {cap} "
+                                f"bytes of gaps are allowed for k={k}") from None
+    if layout == _LAYOUT_VARINT:
+        return gap_varints_decode(np.frombuffer(raw, np.uint8), numel, k, out)
+    if len(raw) != 4 * k:
+        return ERR_TRUNCATED if len(raw) < 4 * k else ERR_PADDING
+    gaps = np.frombuffer(raw, "<u4").astype(np.int64)
+    if k > 1 and int(gaps[1:].min()) < 1:
+        return ERR_ORDER
+    np.cumsum(gaps, out=out)
+    return ERR_RANGE if int(out[-1]) >= numel else OK
+
+
