@@ -39,31 +39,42 @@ def test_bitmap_matches_reference_small(support):
     assert got.dtype == np.int64 and np.array_equal(got, idx)
 
 
-@settings(max_examples=40, deadline=None)
-@given(sparse_supports(max_numel=300), st.integers(0, 2**32 - 1))
-def test_bitmap_accepts_exactly_what_reference_accepts_small(support, seed):
-    numel, idx = support
-    k = idx.size
-    rng = np.random.default_rng(seed)
-    payload = encode_bitmap(idx, numel)
-    candidates = [b"", payload + b"\x01", payload[:-1], bytes(rng.integers(0, 256, 12, np.uint8))]
+def _hostile_variants(payload: bytes, rng, extra: bytes, junk: int) -> list[bytes]:
+    """The payload cut, extended, bit-flipped, plus empty and random bytes."""
+    candidates = [b"", payload + extra, payload[:-1], bytes(rng.integers(0, 256, junk, np.uint8))]
     for _ in range(10):
         bad = bytearray(payload)
         if bad:
             bad[int(rng.integers(len(bad)))] ^= 1 << int(rng.integers(8))
         candidates.append(bytes(bad))
-    for data in candidates:
+    return candidates
+
+
+def _accepts_exactly_what_reference_accepts(payload, decode, ref_decode, numel, k, rng, extra, junk):
+    """Kernel and reference agree on every hostile variant: both reject, or both decode alike."""
+    for data in _hostile_variants(payload, rng, extra, junk):
         try:
-            bits = ref.decode_enumerative(data, numel, k)
+            expected = ref_decode(data)
         except ref.Reject:
-            bits = None
+            expected = None
         try:
-            got = decode_bitmap(data, numel, k)
+            got = decode(data, numel, k)
         except FrameError:
             got = None
-        assert (got is None) == (bits is None), data.hex()
+        assert (got is None) == (expected is None), data.hex()
         if got is not None:
-            assert np.array_equal(got, np.flatnonzero(bits))
+            assert got.tolist() == expected
+            assert np.all(np.diff(got) > 0) and (k == 0 or 0 <= got[0] and got[-1] < numel)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sparse_supports(max_numel=300), st.integers(0, 2**32 - 1))
+def test_bitmap_accepts_exactly_what_reference_accepts_small(support, seed):
+    numel, idx = support
+    _accepts_exactly_what_reference_accepts(
+        encode_bitmap(idx, numel), decode_bitmap,
+        lambda d: np.flatnonzero(ref.decode_enumerative(d, numel, idx.size)).tolist(),
+        numel, idx.size, np.random.default_rng(seed), b"\x01", 12)
 
 
 @settings(max_examples=60, deadline=None)
@@ -167,28 +178,9 @@ def test_gaps_match_reference_small(support):
 @given(sparse_supports(max_numel=2000), st.integers(0, 2**32 - 1))
 def test_gaps_accept_exactly_what_reference_accepts_small(support, seed):
     numel, idx = support
-    k = idx.size
-    rng = np.random.default_rng(seed)
-    payload = encode_gaps(idx, numel)
-    candidates = [b"", payload + b"\x00", payload[:-1], bytes(rng.integers(0, 256, 9, np.uint8))]
-    for _ in range(10):
-        bad = bytearray(payload)
-        if bad:
-            bad[int(rng.integers(len(bad)))] ^= 1 << int(rng.integers(8))
-        candidates.append(bytes(bad))
-    for data in candidates:
-        try:
-            expected = ref.decode_gaps(data, numel, k)
-        except ref.Reject:
-            expected = None
-        try:
-            got = decode_gaps(data, numel, k)
-        except FrameError:
-            got = None
-        assert (got is None) == (expected is None), data.hex()
-        if got is not None:
-            assert got.tolist() == expected
-            assert np.all(np.diff(got) > 0) and (k == 0 or 0 <= got[0] and got[-1] < numel)
+    _accepts_exactly_what_reference_accepts(
+        encode_gaps(idx, numel), decode_gaps, lambda d: ref.decode_gaps(d, numel, idx.size),
+        numel, idx.size, np.random.default_rng(seed), b"\x00", 9)
 
 
 def test_gaps_beat_golomb_at_k_100():
