@@ -7,12 +7,14 @@ One round (``t`` counts from 0; metrics and the ledger say ``round = t + 1``)::
     for i in S_t:
         w = channel.deliver(msg, i)       (downlink bits counted per receiving client)
         result = algorithm.client_update(copy of state_i, w, data_i, cfg, uplink link)
-        update = channel.deliver(result.message)     (uplink bits counted; decoded from bytes)
+        update = channel.deliver(result.message, side=algorithm.uplink_side(server))
+                                          (uplink bits counted; decoded from bytes)
         a client that raises, sends a corrupt frame, or whose decoded update is not finite or
         fails algorithm.check_update (names, shapes) is dropped from the round (logged with its
         reason) and keeps its previous state
     server = algorithm.server_update(server, surviving updates, cfg)
-    evaluate every sim.eval_every rounds and after the last; checkpoint every sim.checkpoint_every
+    evaluate (algorithm.evaluate) every sim.eval_every rounds and after the last; checkpoint every
+    sim.checkpoint_every; summary.json gains algorithm.summarize(metrics)
 
 Reproducibility: every random stream is explicit. ``SeedSequence(seed)`` spawns the partition
 generator, the client-sampling generator, the model-init ``torch.Generator`` and one
@@ -51,7 +53,7 @@ from sparsecodec.errors import ConfigError, FrameError
 from . import partition as part
 from .algorithms import get_algorithm
 from .algorithms.base import (Algorithm, ClientData, ClientResult, Update, check_finite_tensors,
-                              evaluate, model_tensors)
+                              model_tensors)
 from .channel import SERVER, Channel, Ledger, Message
 from .config import RunConfig, build_config
 from .data import Dataset, load_dataset
@@ -159,8 +161,12 @@ class Simulation:
             return list(range(n))
         return sorted(int(i) for i in self.sample_rng.choice(n, size=m, replace=False))
 
-    def _client_round(self, t: int, cid: int, down: Message) -> tuple[Update | None, str | None]:
-        """Run one client; returns (decoded update, None) or (None, reason it was dropped)."""
+    def _client_round(self, t: int, cid: int, down: Message,
+                      side=None) -> tuple[Update | None, str | None]:
+        """Run one client; returns (decoded update, None) or (None, reason it was dropped).
+
+        ``side`` is the server's side information for decoding the uplink
+        (:meth:`Algorithm.uplink_side`)."""
         global_params = self.channel.deliver(down, cid)
         state = copy.deepcopy(self.client_states[cid])   # the old state survives a failure
         link = self.channel.link(round=t + 1, client=cid, direction="up")
@@ -175,7 +181,7 @@ class Simulation:
             return None, (f"message is {msg.direction} from client {msg.client} in round {msg.round}, "
                           f"expected up from client {cid} in round {t + 1}")
         try:
-            tensors = self.channel.deliver(msg)
+            tensors = self.channel.deliver(msg, side=side)
             check_finite_tensors(tensors, "decoded update")
             self.algorithm.check_update(self.server, tensors, self.cfg)
         except (FrameError, ValueError) as exc:
@@ -190,8 +196,9 @@ class Simulation:
         down = self.algorithm.broadcast(self.server, self.cfg,
                                         self.channel.link(round=t + 1, client=SERVER, direction="down"))
         updates, dropped = [], []
+        side = self.algorithm.uplink_side(self.server, self.cfg)
         for cid in sampled:
-            update, reason = self._client_round(t, cid, down)
+            update, reason = self._client_round(t, cid, down, side)
             if update is None:
                 log.warning("round %d: client %d dropped: %s", t + 1, cid, reason)
                 dropped.append({"client": cid, "reason": reason})
@@ -226,8 +233,8 @@ class Simulation:
         return line
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate(self.model, self.server.params, self.x_test, self.y_test, self.dataset.task,
-                        self.config.sim.eval_batch_size)
+        return self.algorithm.evaluate(self.server, self.cfg, self.model, self.x_test, self.y_test,
+                                       self.dataset.task, self.config.sim.eval_batch_size)
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -328,7 +335,7 @@ class Simulation:
         n_up = len(led.records(direction="up"))
         evaluated = [m for m in self.metrics if m.get("test_loss") is not None]
         accs = [m["accuracy"] for m in evaluated if m.get("accuracy") is not None]
-        return {
+        summary = {
             "algorithm": self.config.algorithm, "dataset": self.config.dataset,
             "model": self.config.model, "rounds": self.rounds_done, "num_params": self.num_params,
             "clients": len(self.clients), "clients_per_round": self.config.sim.clients_per_round or len(self.clients),
@@ -345,6 +352,12 @@ class Simulation:
             "wall_seconds": wall_seconds,
             "config": self.config.to_dict(),
         }
+        extra = self.algorithm.summarize(self.metrics)
+        clash = sorted(set(extra) & set(summary))
+        if clash:
+            raise ValueError(f"{type(self.algorithm).__name__}.summarize() may not overwrite {clash}")
+        summary.update(extra)
+        return summary
 
 
 def _check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:

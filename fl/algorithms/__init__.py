@@ -8,7 +8,7 @@ Built-in algorithms are imported on first use; others register with
     >>> get_algorithm("fedsgd")
     Traceback (most recent call last):
     ...
-    sparsecodec.errors.ConfigError: unknown algorithm 'fedsgd'; valid algorithms: ec, ef21, fedavg
+    sparsecodec.errors.ConfigError: unknown algorithm 'fedsgd'; valid algorithms: ec, ef21, fedavg, fedavg-topk, fedpm, flare, proxskip, sparse-proxskip, sparse-proxskip-server
 """
 
 from __future__ import annotations
@@ -26,6 +26,12 @@ _BUILTIN = {
     "fedavg": "fedavg:FedAvg",
     "ec": "ec:EC",
     "ef21": "ef21:EF21",
+    "fedpm": "fedpm:FedPM",
+    "flare": "flare:FLARE",
+    "proxskip": "proxskip:ProxSkip",
+    "sparse-proxskip": "proxskip:SparseProxSkip",
+    "sparse-proxskip-server": "proxskip:SparseProxSkipServer",
+    "fedavg-topk": "fedavg_topk:FedAvgTopK",
 }
 _REGISTERED: dict[str, type[Algorithm]] = {}
 

@@ -203,6 +203,24 @@ class Algorithm:
     def server_update(self, state, updates: Sequence[Update], cfg) -> ServerResult:
         raise NotImplementedError
 
+    # -- optional hooks (defaults keep the behaviour of the dense-model baselines) -----------
+    def uplink_side(self, state, cfg) -> Mapping[str, Mapping[str, Any]] | None:
+        """Side information the server holds for decoding this round's uplink, per tensor
+        (``{name: {"p": probs}}``, e.g. FedPM's global keep-probabilities for MaskCodec);
+        never in the bytes. Default: none, the frames say everything."""
+        return None
+
+    def evaluate(self, state, cfg, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 task: str = "classification", batch_size: int = 1000) -> dict[str, float]:
+        """Test metrics of the global model. Default: load ``state.params`` into ``model``
+        and run it; algorithms whose global state is not a set of weights override this."""
+        return evaluate(model, state.params, x, y, task, batch_size)
+
+    def summarize(self, metrics: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Extra ``summary.json`` entries computed from the per-round metrics lines (new keys
+        only; the engine refuses to overwrite its own). Default: none."""
+        return {}
+
 
 # -- tensors ---------------------------------------------------------------------------------
 def model_tensors(model: nn.Module) -> Tensors:
