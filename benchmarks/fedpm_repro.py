@@ -220,14 +220,21 @@ def acceptance(rows: list[dict]) -> list[str]:
             mono = all(a > b for a, b in zip(vals, vals[1:]))
             out.append(f"* {what} falls strictly monotonically with lambda over {list(LAMBDAS)}: "
                        f"**{'met' if mono else 'NOT met'}** ({', '.join(_f(v) for v in vals)}).")
-        for key, what in ((f"coded_bpp_global_last{LAST}", "coded"), (f"ideal_bpp_last{LAST}", "ideal")):
+        for key, what in ((f"ideal_bpp_last{LAST}", "the papers' (ideal) bpp"),
+                          (f"coded_bpp_global_last{LAST}", "our coded bpp (global theta)")):
             good = [r for r in sweep[1:] if base[key] - r[key] >= 0.3
                     and base[f"accuracy_last{LAST}"] - r[f"accuracy_last{LAST}"] <= 0.02]
-            detail = "; ".join(f"lambda = {r['lambda']:g}: saves {base[key] - r[key]:.3f} bpp for "
+            detail = "; ".join(f"lambda = {r['lambda']:g}: saves {base[key] - r[key]:.3f} bpp "
+                               f"({base[key] / r[key]:.1f}x fewer bits) for "
                                f"{100 * (base[f'accuracy_last{LAST}'] - r[f'accuracy_last{LAST}']):.2f} "
                                "points" for r in sweep[1:])
-            out.append(f"* some lambda saves >= 0.3 {what} bpp for <= 2 points of accuracy: "
+            out.append(f"* some lambda saves >= 0.3 of {what} for <= 2 points of accuracy: "
                        f"**{'met' if good else 'NOT met'}** ({detail}).")
+        out.append(f"  The issue's criterion is read on the papers' bpp (the ideal formula, which is what the "
+                   f"paper's ~0.8 bpp claim measures). On the real coder under the global theta FedPM itself "
+                   f"already sends only {base[f'coded_bpp_global_last{LAST}']:.3f} bpp, so an absolute saving "
+                   f"of 0.3 there would mean sending <= {base[f'coded_bpp_global_last{LAST}'] - 0.3:.3f} bpp; "
+                   f"the regularizer's gain on the real coder is the ratio shown.")
     return out
 
 

@@ -294,9 +294,11 @@ def acceptance(task: str, s: float, srows: list[dict]) -> list[str]:
         budget = min(sp["summary"]["uplink_bits"], b["summary"]["uplink_bits"])
         a, c = at_bits(sp, budget), at_bits(b, budget)
         cp = at_bits(b, budget, "pruned_accuracy")
-        out.append(f"* At equal uplink bits ({budget:.4g}): Sparse-ProxSkip {_f(a)} vs {LABELS[base]} "
-                   f"{_f(c)} (its k-sparse TopK_k(global): {_f(cp)}): difference "
-                   f"{_f(None if a is None or c is None else 100 * (a - c), '+.1f')} points.")
+        diff = _f(None if a is None or c is None else 100 * (a - c), "+.1f")
+        diff_p = _f(None if a is None or cp is None else 100 * (a - cp), "+.1f")
+        out.append(f"* At equal uplink bits ({budget:.4g}): Sparse-ProxSkip (k-sparse model) {_f(a)} vs "
+                   f"{LABELS[base]} {_f(c)} with its dense global model ({diff} points), {_f(cp)} with "
+                   f"its global model cut to k entries ({diff_p} points).")
     ref = PAPER.get(task, {}).get(s)
     if ref:
         out.append(f"* Paper [unverified, 100 clients]: Sparse-ProxSkip {ref['sparse-proxskip']:.3f} vs "

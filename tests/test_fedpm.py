@@ -236,7 +236,7 @@ def test_persistent_and_fresh_optimizer_state():
 
 def test_config_validation():
     algo = get_algorithm("fedpm")
-    for bad in ({"ste": "nope"}, {"epsilon": 0.5}, {"prior": 0.5}, {"lambda_reg": -1.0},
+    for bad in ({"ste": "nope"}, {"epsilon": 0.5}, {"epsilon": 0.0}, {"prior": 0.5}, {"lambda_reg": -1.0},
                 {"score_init": "uniform"}, {"uplink_model": "best"}, {"lr": 0.0}):
         with pytest.raises(ConfigError):
             algo.make_config(**bad)

@@ -113,7 +113,8 @@ class FedPMConfig:
         _check(self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive finite float, got {self.lr}")
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        _check(0.0 <= self.epsilon < 0.5, f"epsilon must be in [0, 0.5), got {self.epsilon}")
+        # eps > 0 keeps theta inside (0, 1), so the broadcast scores logit(theta) stay finite
+        _check(0.0 < self.epsilon < 0.5, f"epsilon must be in (0, 0.5), got {self.epsilon}")
         # lambda0 >= 1 keeps the Beta mode inside [0, 1] (lambda0 < 1 has no interior mode)
         _check(self.prior >= 1.0 and math.isfinite(self.prior), f"prior (lambda0) must be >= 1, got {self.prior}")
         _check(self.lambda_reg >= 0 and math.isfinite(self.lambda_reg),
