@@ -4,6 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test install bench clean
 
@@ -16,13 +17,18 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e ".[fl,plot,test]"
 	touch $(STAMP)
 
+# the tests also cover fl on Flower (extra [flower]: flwr + Ray), which the demo does not need
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e ".[fl,plot,test,flower]"
+	touch $(TEST_STAMP)
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m sparsecodec.demo
 	$(BIN)/python -m fl compare --out runs/demo
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

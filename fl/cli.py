@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(run)
     run.add_argument("--out", help="output directory (default runs/<algorithm>)")
     run.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pkl")
+    run.add_argument("--engine", choices=("inprocess", "flower"), default="inprocess",
+                     help="inprocess (default) or flower: Flower's simulation engine (extra [flower])")
     plot = sub.add_parser("plot", help="PNG plots of finished runs")
     plot.add_argument("dirs", nargs="+", metavar="DIR")
     plot.add_argument("--out", help="where to write the PNGs (default: the first run's parent)")
@@ -100,7 +102,10 @@ def cmd_list() -> None:
 
 
 def cmd_run(args) -> dict[str, Any]:
-    from .simulation import run_simulation
+    if getattr(args, "engine", "inprocess") == "flower":
+        from .flower import run_flower as run_simulation
+    else:
+        from .simulation import run_simulation
 
     if not args.algorithm and not args.config and not any(s.startswith("algorithm=") for s in args.sets):
         raise ConfigError("run needs --algorithm NAME (python -m fl list shows them)")

@@ -176,7 +176,17 @@ class Simulation:
             return None, f"client_update raised {type(exc).__name__}: {exc}"
         if not isinstance(result, ClientResult) or not isinstance(result.message, Message):
             return None, f"client_update returned {type(result).__name__}, not a ClientResult with a Message"
-        msg = result.message
+        update, reason = self._receive(t, cid, result.message, side, int(result.num_samples),
+                                       dict(result.metrics))
+        if update is not None:
+            self.client_states[cid] = result.state
+        return update, reason
+
+    def _receive(self, t: int, cid: int, msg: Message, side, num_samples: int,
+                 metrics: dict[str, Any]) -> tuple[Update | None, str | None]:
+        """The server's half of one uplink: check who sent it, count its bits, decode it from
+        the bytes and validate it (finite, :meth:`Algorithm.check_update`). Shared with
+        :mod:`fl.flower`, whose uplink arrives over Flower."""
         if (msg.direction, msg.client, msg.round) != ("up", cid, t + 1):
             return None, (f"message is {msg.direction} from client {msg.client} in round {msg.round}, "
                           f"expected up from client {cid} in round {t + 1}")
@@ -186,8 +196,7 @@ class Simulation:
             self.algorithm.check_update(self.server, tensors, self.cfg)
         except (FrameError, ValueError) as exc:
             return None, f"update rejected by the server: {type(exc).__name__}: {exc}"
-        self.client_states[cid] = result.state
-        return Update(cid, tensors, int(result.num_samples), dict(result.metrics)), None
+        return Update(cid, tensors, num_samples, metrics), None
 
     def step(self) -> dict[str, Any]:
         """Run the next round; returns its metrics line (also appended to ``self.metrics``)."""
@@ -195,15 +204,8 @@ class Simulation:
         sampled = self.sample()
         down = self.algorithm.broadcast(self.server, self.cfg,
                                         self.channel.link(round=t + 1, client=SERVER, direction="down"))
-        updates, dropped = [], []
         side = self.algorithm.uplink_side(self.server, self.cfg)
-        for cid in sampled:
-            update, reason = self._client_round(t, cid, down, side)
-            if update is None:
-                log.warning("round %d: client %d dropped: %s", t + 1, cid, reason)
-                dropped.append({"client": cid, "reason": reason})
-            else:
-                updates.append(update)
+        updates, dropped = self._run_clients(t, sampled, down, side)
         server_metrics: dict[str, Any] = {}
         if updates:
             result = self.algorithm.server_update(self.server, updates, self.cfg)
@@ -214,6 +216,20 @@ class Simulation:
         line = self._metrics_line(sampled, updates, dropped, server_metrics)
         self.metrics.append(line)
         return line
+
+    def _run_clients(self, t: int, sampled: list[int], down: Message,
+                     side) -> tuple[list[Update], list[dict[str, Any]]]:
+        """Run the sampled clients in order: (accepted updates, dropped clients with reasons).
+        The hook another engine replaces (:mod:`fl.flower` sends the round over Flower)."""
+        updates, dropped = [], []
+        for cid in sampled:
+            update, reason = self._client_round(t, cid, down, side)
+            if update is None:
+                log.warning("round %d: client %d dropped: %s", t + 1, cid, reason)
+                dropped.append({"client": cid, "reason": reason})
+            else:
+                updates.append(update)
+        return updates, dropped
 
     def _metrics_line(self, sampled, updates, dropped, server_metrics) -> dict[str, Any]:
         r = self.rounds_done

@@ -1,0 +1,320 @@
+"""sparsecodec in your own Flower app: a client Mod that encodes the model update, and the
+server-side decoding (a Grid wrapper, so any Flower strategy works unchanged).
+
+Client: :func:`sparse_update_mod` wraps your ``@app.train()`` function. It remembers the
+model it received (the message's ``ArrayRecord``), lets your function train, then replaces
+the reply's ``ArrayRecord`` of trained weights by one ``ConfigRecord`` (key ``"sparsecodec"``)
+holding the bytes of one sparsecodec bundle: the **update** ``trained - received`` encoded
+with your codec, plus the error-feedback residual (an :class:`sparsecodec.ErrorFeedback` kept
+in the node's ``Context.state``, as bytes). Non-floating arrays (e.g. BatchNorm counters)
+travel losslessly in a second, lossless bundle.
+
+Server: :class:`DecodingGrid` wraps the ``Grid`` your strategy uses. For every train reply
+carrying ``"sparsecodec"`` it decodes the bytes (validated; a corrupt or mismatched reply is
+dropped with a warning), counts them in a :class:`fl.channel.Ledger` and puts back an
+``ArrayRecord`` of weights ``received + update``, so ``FedAvg`` & co. aggregate as usual.
+:func:`decode_update` does the same for one reply, for hand-written server loops.
+
+Runnable example (Flower's simulation engine; ``FedAvg`` sends ``ArrayRecord "arrays"``)::
+
+    import numpy as np, sparsecodec as sc
+    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.simulation import run_simulation
+    from fl.flower import DecodingGrid, sparse_update_mod
+
+    client = ClientApp(mods=[sparse_update_mod(sc.TopK(density=0.1))])
+
+    @client.train()
+    def train(msg: Message, context: Context) -> Message:
+        w = msg.content["arrays"].to_numpy_ndarrays()
+        w = [x - 0.1 * np.sign(x) for x in w]                    # your local training
+        return Message(RecordDict({"arrays": ArrayRecord(w),
+                                   "metrics": MetricRecord({"num-examples": 10})}), reply_to=msg)
+
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        grid = DecodingGrid(grid)
+        start = ArrayRecord([np.ones((20, 5), np.float32), np.zeros(5, np.float32)])
+        result = FedAvg(fraction_evaluate=0.0).start(grid=grid, initial_arrays=start, num_rounds=2)
+        print(grid.ledger.total_bits(direction="up"), "uplink bits")
+
+    run_simulation(server, client, num_supernodes=2)
+
+The doctest below calls the Mod directly (no engine):
+
+    >>> import pytest; _ = pytest.importorskip("flwr")
+    >>> import numpy as np, sparsecodec as sc
+    >>> from flwr.app import (Array, ArrayRecord, ConfigRecord, Context, Message, Metadata,
+    ...                       RecordDict)
+    >>> sent = ArrayRecord({"w": Array(np.zeros(8, np.float32))})
+    >>> incoming = Metadata(run_id=1, message_id="m1", src_node_id=1, dst_node_id=7,
+    ...                     reply_to_message_id="", group_id="1", created_at=0.0, ttl=3600.0,
+    ...                     message_type="train")   # what the SuperNode hands the ClientApp
+    >>> msg = Message(metadata=incoming, content=RecordDict({"arrays": sent,
+    ...                                          "config": ConfigRecord({"server-round": 1})}))
+    >>> def train(msg, context):             # "training" adds 0..7 to the weights
+    ...     w = msg.content["arrays"]["w"].numpy() + np.arange(8, dtype=np.float32)
+    ...     return Message(RecordDict({"arrays": ArrayRecord({"w": Array(w)})}), reply_to=msg)
+    >>> context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    >>> mod = sparse_update_mod(sc.TopK(k=2))
+    >>> reply = mod(msg, context, train)
+    >>> sorted(reply.content.keys())            # the weights left as bytes
+    ['sparsecodec']
+    >>> decode_update(reply, sent)["w"].numpy().tolist()       # received + top-2 of the update
+    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 6.0, 7.0]
+    >>> reply = mod(msg, context, train)        # round 2: top-2 of update + residual [0 2 4 6 8 10 6 7]
+    >>> decode_update(reply, sent)["w"].numpy().tolist()
+    [0.0, 0.0, 0.0, 0.0, 8.0, 10.0, 0.0, 0.0]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+
+import sparsecodec as sc
+
+from ..channel import Channel, Message
+from .state import decode_state, encode_state
+
+__all__ = ["sparse_update_mod", "decode_update", "DecodingGrid", "KEY"]
+
+log = logging.getLogger(__name__)
+
+KEY = "sparsecodec"
+
+
+def _pack(m: Message, prefix: str = "") -> dict[str, Any]:
+    return {prefix + "data": m.data, prefix + "round": m.round, prefix + "client": m.client,
+            prefix + "numel": m.numel, prefix + "sections": json.dumps(dict(m.sections)),
+            prefix + "tensor_sections": json.dumps({t: dict(s) for t, s in m.tensor_sections.items()})}
+
+
+def _unpack(rec: Mapping[str, Any], prefix: str = "") -> Message:
+    return Message(bytes(rec[prefix + "data"]), int(rec[prefix + "round"]), int(rec[prefix + "client"]),
+                   "up", json.loads(rec[prefix + "sections"]), json.loads(rec[prefix + "tensor_sections"]),
+                   int(rec[prefix + "numel"]))
+
+
+def _array_record(content, name: str | None):
+    records = content.array_records
+    if name is not None:
+        return name, records.get(name)
+    if len(records) == 1:
+        return next(iter(records.items()))
+    return None, None
+
+
+def _round_of(msg) -> int:
+    for rec in msg.content.config_records.values():
+        if "server-round" in rec:
+            return int(rec["server-round"])
+    try:
+        return int(msg.metadata.group_id)
+    except (TypeError, ValueError):
+        return 0
+
+
+def sparse_update_mod(codec: sc.Codec | None = None, *, feedback: bool = True, scope: str = "tensor",
+                      record: str | None = None, key: str = KEY, checksum: bool = True) -> Callable:
+    """A Flower client Mod ``(msg, context, call_next) -> Message`` sending ``trained -
+    received`` as sparsecodec bytes (default codec ``TopK(density=0.01)``).
+
+    ``record``: the ArrayRecord's name (default: the message's only ArrayRecord).
+    ``feedback``: keep the error-feedback residual in ``context.state[key + ".ef"]``.
+    Messages other than train messages pass through untouched.
+    """
+    codec = codec if codec is not None else sc.TopK(density=0.01)
+
+    def mod(msg, context, call_next):
+        from flwr.app import ConfigRecord, RecordDict
+
+        if msg.metadata.message_type.split(".")[0] != "train":
+            return call_next(msg, context)
+        name, received = _array_record(msg.content, record)
+        if received is None:
+            return call_next(msg, context)
+        ref = {k: a.numpy() for k, a in received.items()}
+        reply = call_next(msg, context)
+        if reply.has_error():
+            return reply
+        out_name, trained = _array_record(reply.content, name)
+        if trained is None:
+            return reply
+        new = {k: a.numpy() for k, a in trained.items()}
+        if list(new) != list(ref) or any(new[k].shape != ref[k].shape for k in ref):
+            raise ValueError("the trained ArrayRecord does not match the received one (names, shapes)")
+        floats = {k: np.subtract(new[k], ref[k], dtype=new[k].dtype) for k in new if new[k].dtype.kind == "f"}
+        others = {k: new[k] for k in new if new[k].dtype.kind != "f"}
+        client = int(dict(context.node_config).get("partition-id", context.node_id))
+        link = Channel(checksum=checksum).link(round=_round_of(msg), client=client, direction="up")
+        ef = None
+        if feedback:
+            saved = context.state.config_records.get(key + ".ef")
+            ef = decode_state(saved["state"]) if saved is not None else sc.ErrorFeedback()
+        fields = {"record": out_name, "names": json.dumps(list(new))}
+        if floats:
+            fields.update(_pack(link.send(floats, codec, scope=scope, feedback=ef)))
+        if others:       # lossless; dtypes Dense does not code (int64 ...) travel as their bytes
+            raw, kinds = {}, {}
+            for k, v in others.items():
+                if v.dtype.name in ("bool", "uint8"):
+                    raw[k] = v
+                else:
+                    le = v.astype(v.dtype.newbyteorder("<"), copy=True)
+                    raw[k], kinds[k] = le.reshape(-1).view(np.uint8), [le.dtype.str, list(v.shape)]
+            fields.update(_pack(link.send(raw, sc.Dense()), "dense."))
+            fields["dense.kinds"] = json.dumps(kinds)
+        if ef is not None:
+            context.state[key + ".ef"] = ConfigRecord({"state": encode_state(ef)})
+        content = RecordDict({k: v for k, v in reply.content.items() if k != out_name})
+        content[key] = ConfigRecord(fields)
+        reply.content = content
+        return reply
+
+    return mod
+
+
+def _messages(rec: Mapping[str, Any]) -> list[Message]:
+    out = [_unpack(rec)] if "data" in rec else []
+    if "dense.data" in rec:
+        out.append(_unpack(rec, "dense."))
+    return out
+
+
+def decode_update(reply, reference, *, key: str = KEY, channel: Channel | None = None):
+    """The ``ArrayRecord`` of weights ``reference + update`` from a reply the Mod encoded.
+
+    ``reference``: the ArrayRecord (or ``{name: ndarray}``) sent to that client. With a
+    ``channel`` its ledger counts the bytes. Raises ``sparsecodec.FrameError`` on corrupt
+    bytes and ``ValueError`` when the update does not match the reference.
+    """
+    from flwr.app import Array, ArrayRecord
+
+    rec = reply.content.config_records[key]
+    ref = {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in reference.items()}
+    channel = channel if channel is not None else Channel()
+    decoded: dict[str, np.ndarray] = {}
+    for m in _messages(rec):
+        decoded.update(channel.deliver(m))
+    for k, (dtype, shape) in json.loads(rec.get("dense.kinds", "{}")).items():
+        raw, dt = decoded.get(k), np.dtype(dtype)
+        if raw is None or raw.dtype != np.uint8 or raw.size != dt.itemsize * int(np.prod(shape)):
+            raise ValueError(f"update {k!r} does not hold {dtype}{tuple(shape)}")
+        decoded[k] = raw.view(dt).reshape(shape).astype(dt.newbyteorder("="))
+    names = json.loads(rec["names"])
+    if sorted(decoded) != sorted(ref) or names != list(ref):
+        raise ValueError(f"update carries {sorted(decoded)}, the reference has {list(ref)}")
+    out = {}
+    for k in names:
+        d, r = decoded[k], ref[k]
+        if d.shape != r.shape:
+            raise ValueError(f"update {k!r} has shape {d.shape}, the reference {r.shape}")
+        if d.dtype.kind == "f" and not np.isfinite(d).all():
+            raise ValueError(f"update {k!r} is not finite")
+        out[k] = np.add(r, d, dtype=r.dtype) if r.dtype.kind == "f" else d
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in out.items()})
+
+
+def _grid_base():
+    from flwr.serverapp import Grid
+
+    return Grid
+
+
+class DecodingGrid:
+    """Wraps a Flower ``Grid``: train replies from :func:`sparse_update_mod` come back as
+    ``ArrayRecord`` weights (decoded from their bytes). ``ledger`` counts the uplink bits."""
+
+    def __new__(cls, grid, *, key: str = KEY, channel: Channel | None = None):
+        # a real subclass of flwr's Grid (built on first use, so this module imports without flwr)
+        obj = object.__new__(_decoding_grid_class())
+        obj.__init__(grid, key=key, channel=channel)
+        return obj
+
+    def __init__(self, grid, *, key: str = KEY, channel: Channel | None = None) -> None:
+        self.inner, self.key = grid, key
+        self.channel = channel if channel is not None else Channel()
+        self._refs: dict[str, Any] = {}
+
+    @property
+    def ledger(self):
+        return self.channel.ledger
+
+    # -- delegation ---------------------------------------------------------------------------
+    def set_run(self, run) -> None:
+        self.inner.set_run(run)
+
+    @property
+    def run(self):
+        return self.inner.run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.inner.get_node_ids()
+
+    def get_nodes(self):
+        return self.inner.get_nodes()
+
+    # -- the decoding -------------------------------------------------------------------------
+    def _decode(self, replies: Iterable, refs: Callable[[Any], Any]) -> list:
+        out = []
+        for r in replies:
+            ref = refs(r)
+            if ref is None or r.has_error() or self.key not in r.content.config_records:
+                out.append(r)
+                continue
+            name = str(r.content.config_records[self.key]["record"])
+            try:
+                arrays = decode_update(r, ref, key=self.key, channel=self.channel)
+            except (sc.FrameError, ValueError, KeyError, TypeError) as exc:
+                log.warning("dropping the reply of node %s: %s: %s", r.metadata.src_node_id,
+                            type(exc).__name__, exc)
+                continue
+            content = type(r.content)({k: v for k, v in r.content.items() if k != self.key})
+            content[name] = arrays
+            r.content = content
+            out.append(r)
+        return out
+
+    @staticmethod
+    def _reference(msg):
+        return next(iter(msg.content.array_records.values()), None)
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        ids = list(self.inner.push_messages(messages))
+        for mid, m in zip(ids, messages):
+            self._refs[mid] = self._reference(m)
+        return ids
+
+    def pull_messages(self, message_ids):
+        replies = list(self.inner.pull_messages(message_ids))
+        return self._decode(replies, lambda r: self._refs.pop(r.metadata.reply_to_message_id, None))
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        by_node = {m.metadata.dst_node_id: self._reference(m) for m in messages}
+        replies = self.inner.send_and_receive(messages, timeout=timeout)
+        return self._decode(replies, lambda r: by_node.get(r.metadata.src_node_id))
+
+
+_CLASS: list[type] = []
+
+
+def _decoding_grid_class() -> type:
+    if not _CLASS:
+        members = {k: v for k, v in vars(DecodingGrid).items()
+                   if k not in ("__new__", "__dict__", "__weakref__")}
+        _CLASS.append(type("DecodingGrid", (_grid_base(),), members))
+    return _CLASS[0]
