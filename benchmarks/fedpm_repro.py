@@ -306,8 +306,8 @@ def readme(runs: dict[float, dict], rows: list[dict]) -> str:
               "accuracy; 0.31-0.52 bpp on CIFAR.", "", "## Acceptance (issue 6)", ""]
     lines += acceptance(rows)
     lines += ["", "## Commands and wall times", "",
-              "Run from the repository root, one thread per run, at most two runs at a time on a shared 2-core",
-              "machine (wall times include that sharing).", "", "| lambda | command | runs | wall time |", "|---:|---|---|---:|"]
+              "Run from the repository root, one thread per run (`sim.threads = 1`), on a 2-core machine shared",
+              "with other benchmark jobs (load average 2-8), so wall times are indicative only.", "", "| lambda | command | runs | wall time |", "|---:|---|---|---:|"]
     for r in rows:
         lines.append(f"| {r['lambda']:g} | `{r['command']}` | `{r['fl_command']}` | {_minutes(r['wall_seconds'])} |")
     lines += ["", "then `python -m benchmarks.fedpm_repro report` (this file, `t6.json`, `t7.json`, `fedpm_rounds.png`).",
