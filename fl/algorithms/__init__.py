@@ -8,7 +8,7 @@ Built-in algorithms are imported on first use; others register with
     >>> get_algorithm("fedsgd")
     Traceback (most recent call last):
     ...
-    sparsecodec.errors.ConfigError: unknown algorithm 'fedsgd'; valid algorithms: ec, ef21, fedavg, fedavg-topk, fedpm, flare, proxskip, sparse-proxskip, sparse-proxskip-server
+    sparsecodec.errors.ConfigError: unknown algorithm 'fedsgd'; valid algorithms: ec, ef21, fedavg, fedavg-topk, fedpm, flare, proxskip, sparse-proxskip, sparse-proxskip-server, sparsyfed, topk-prune
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ _BUILTIN = {
     "sparse-proxskip": "proxskip:SparseProxSkip",
     "sparse-proxskip-server": "proxskip:SparseProxSkipServer",
     "fedavg-topk": "fedavg_topk:FedAvgTopK",
+    "sparsyfed": "sparsyfed:SparsyFed",
+    "topk-prune": "sparsyfed:TopKPrune",
 }
 _REGISTERED: dict[str, type[Algorithm]] = {}
 
