@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from importlib.util import find_spec
 
 import numpy as np
 import pytest
@@ -18,11 +17,8 @@ from sparsecodec.errors import ConfigError, CorruptFrameError, FrameError, Trunc
 from sparsecodec.indices import (INDEX_CODERS, choose_index_coder, decode_indices, encode_indices,
                                  index_payload_bits)
 
-HAVE_BITMAP = find_spec("sparsecodec.entropy_index") is not None
 KERNEL_CODERS = ("raw", "golomb", "eliasfano", "zstd")  # the coders with a reference here
-ALL_CODERS = [pytest.param(c, marks=pytest.mark.skipif(
-    c == "bitmap" and not HAVE_BITMAP, reason="sparsecodec.entropy_index is not in the tree yet"))
-    for c in INDEX_CODERS]
+ALL_CODERS = list(INDEX_CODERS)
 JITLESS = os.environ.get("NUMBA_DISABLE_JIT") == "1"
 
 
@@ -378,8 +374,6 @@ def test_config_errors():
                            ([-1, 2], "outside"), ([2, 10], "outside"), ([[1, 2]], "1-D"),
                            ([1.0, 2.0], "integer"), (np.array([2**64 - 1], np.uint64), "range")):
         for coder in INDEX_CODERS:
-            if coder == "bitmap" and not HAVE_BITMAP:
-                continue
             for fn in (encode_indices, index_payload_bits):
                 with pytest.raises(ConfigError, match=match):
                     fn(np.asarray(bad_idx), 10, coder)
@@ -409,7 +403,6 @@ def _structured(idx, numel):
             or ix._probe_is_structured(idx, numel, ix.golomb_parameter(numel, idx.size)))
 
 
-@pytest.mark.skipif(not HAVE_BITMAP, reason="choose_index_coder needs sparsecodec.entropy_index")
 @settings(max_examples=40)
 @given(support=supports())
 def test_choice_is_smallest_up_to_near_ties(support):
@@ -452,7 +445,6 @@ def test_structure_detectors(numel):
     assert ix._probe_is_structured(idx, numel, ix.golomb_parameter(numel, idx.size))
 
 
-@pytest.mark.skipif(not HAVE_BITMAP, reason="choose_index_coder needs sparsecodec.entropy_index")
 def test_choice_on_structured_supports():
     numel = 10**5
     for kind in ("clustered", "strided"):
