@@ -152,6 +152,46 @@ def test_ste_gradient_is_taken_at_the_pruned_model():
     assert losses[0] == pytest.approx(float(ref), rel=1e-6)
 
 
+
+def test_the_uplink_point_does_not_depend_on_h_beyond_the_trajectory():
+    # With K = 1/p steps, x_K - (gamma/p) h = xbar - gamma sum_t g_t exactly (in real
+    # arithmetic): the shift by h cancels, and h_i reaches the uplink TopK only through the
+    # points TopK(x_t) where the gradients g_t are taken (the diagnosis in the T4 results)
+    data, like = _logistic_data()
+    rng = np.random.default_rng(3)
+    x0 = rng.standard_normal(27).astype(np.float32)
+    h = rng.standard_normal(27).astype(np.float32)
+    k, lr, p = 6, 0.2, 0.25
+    xk, _ = ste_local_steps(x0, h, data, like, lr=lr, steps=4, k=k)
+    xt, summed = x0.astype(np.float64), np.zeros(27)
+    for _ in range(4):
+        g = _grad_at(topk_vector(xt.astype(np.float32), k), data, like)
+        summed += g
+        xt = xt - lr * (g - h)
+    np.testing.assert_allclose(xk - (lr / p) * h.astype(np.float64), x0 - lr * summed, rtol=0, atol=1e-5)
+    assert np.linalg.norm((lr / p) * h) > 1.0          # the shift that cancelled is not small
+
+
+def test_control_variates_off_is_fedavg_with_client_model_pruning():
+    off = make_sim("sparse-proxskip", 3, "algo.sparsity=0.9", "algo.control_variates=false")
+    on = make_sim("sparse-proxskip", 3, "algo.sparsity=0.9")
+    xbar = flatten(off.server.params)
+    line = off.step()
+    assert "server_sum_h_norm" not in line                  # no h, no invariant to report
+    for _ in range(2):
+        xbar = flatten(off.server.params)
+        off.step(), on.step()
+    k = sc.k_for(xbar.size, density=0.1, k_rule="round")
+    cid = sorted(off.client_states)[0]
+    st = off.client_states[cid]
+    assert not np.any(st.h)                                 # h_i stays exactly 0
+    # the uplink is TopK of K plain STE steps from the received model
+    x, _ = ste_local_steps(xbar, np.zeros_like(xbar), off.clients[cid], off.server.params, lr=off.cfg.lr,
+                           steps=off.cfg.local_steps, k=k)
+    np.testing.assert_array_equal(st.sent, topk_vector(x, k))
+    assert any(np.any(on.client_states[c].h) for c in on.client_states)
+    assert not np.array_equal(flatten(off.server.params), flatten(on.server.params))
+
 def test_local_variant_keeps_the_iterate_k_sparse_and_clipping_bounds_the_step():
     data, like = _logistic_data()
     x0 = np.random.default_rng(2).standard_normal(27).astype(np.float32)

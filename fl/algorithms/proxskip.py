@@ -122,10 +122,18 @@ class ProxSkipConfig:
 class SparseProxSkipConfig(ProxSkipConfig):
     """Sparse-ProxSkip: ``sparsity`` s keeps ``k = round((1 - s) d)`` entries of the whole
     model (99 % is the paper's FEMNIST setting); ``local=True`` is Sparse-ProxSkip-Local
-    (the local iterate is pruned after every step, 3(a) [recon])."""
+    (the local iterate is pruned after every step, 3(a) [recon]).
+
+    ``control_variates=False`` is an ablation, not Sparse-ProxSkip: ``h_i`` stays 0, so each
+    round is K = 1/p STE gradient steps from ``xbar`` and the uplink ``TopK(x_K)``, i.e.
+    FedAvg with client-side pruning of the local *model* (the "FedAvg-style sparse training"
+    the paper's reviewers name as a baseline). It isolates what the control variates add:
+    with them, ``x_K - (gamma/p) h_i = xbar - gamma sum_t g_t`` exactly when K = 1/p, so h_i
+    enters the uplink only through the points ``TopK(x_t)`` where the gradients are taken."""
 
     sparsity: float = 0.99
     local: bool = False
+    control_variates: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -331,8 +339,11 @@ class ProxSkip(Algorithm):
             raise ValueError(f"client {data.client_id} sent last in round {state.round}, not "
                              f"{channel.round - 1}: ProxSkip needs full participation")
         ratio = np.float32(cfg.p / cfg.lr)
-        h = control_variate(state.h if state.h is not None else np.zeros(d, np.float32),
-                            state.sent, xbar, ratio)
+        if getattr(cfg, "control_variates", True):
+            h = control_variate(state.h if state.h is not None else np.zeros(d, np.float32),
+                                state.sent, xbar, ratio)
+        else:   # ablation: h_i = 0 throughout (FedAvg + client model pruning)
+            h = np.zeros(d, np.float32)
         k = self._k(cfg, d)
         local = bool(getattr(cfg, "local", False))
         x0 = topk_vector(xbar, k) if local else xbar
@@ -356,7 +367,8 @@ class ProxSkip(Algorithm):
             mean = topk_vector(mean, cfg.k_for(mean.size))
         params = unflatten(mean, state.params)
         # every client's next h_i, as the clients will compute it (float32), summed in float64
-        metrics = sum_h_metrics(sent, mean, np.float32(cfg.p / cfg.lr))
+        metrics = (sum_h_metrics(sent, mean, np.float32(cfg.p / cfg.lr))
+                   if getattr(cfg, "control_variates", True) else {})
         metrics.update({"participants": len(updates), "global_nnz": int(np.count_nonzero(mean))})
         return ServerResult(ServerState(params), metrics)
 
