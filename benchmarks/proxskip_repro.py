@@ -8,7 +8,8 @@
 Methods: ``proxskip`` (dense), ``sparse-proxskip`` (client TopK + STE), ``sparse-proxskip-local``
 (the same with ``local = true``), ``sparse-proxskip-server`` (server TopK, the failing
 variant), ``fedavg-topk`` (top-k of the delta, no error feedback) and ``ec`` (with error
-feedback). ``run`` is exactly ``python -m fl run --algorithm ALGO --config
+feedback), and the ablation ``sparse-proxskip-noh`` (``control_variates = false``: h_i = 0,
+i.e. FedAvg with client-side TopK of the local model). ``run`` is exactly ``python -m fl run --algorithm ALGO --config
 benchmarks/configs/proxskip/TASK.toml --set ...`` (the same :class:`fl.simulation.Simulation`,
 so the same numbers bit for bit; the row's ``equivalent_cli`` spells it out), writing the
 engine's run directory to ``benchmarks/results/tmp/proxskip/ROW`` (not committed). At every
@@ -53,12 +54,13 @@ TASKS = {
     "t5": {"file": "t5_blogfeedback.toml", "title": "T5: BlogFeedback least squares "
            "(10 contiguous clients, d = 281, target log1p)", "sparsities": (0.9,)},
     "mnist": {"file": "mnist_logistic.toml", "title": "MNIST logistic regression, fast case "
-              "(10 clients, 3 classes each, d = 7,850)", "sparsities": (0.9,)},
+              "(10 clients, 3 classes each, d = 7,850)", "sparsities": (0.9, 0.99)},
 }
 METHODS = ("proxskip", "sparse-proxskip", "sparse-proxskip-local", "sparse-proxskip-server",
-           "fedavg-topk", "ec")
+           "fedavg-topk", "ec", "sparse-proxskip-noh")
 LABELS = {"proxskip": "ProxSkip (dense)", "sparse-proxskip": "Sparse-ProxSkip",
           "sparse-proxskip-local": "Sparse-ProxSkip-Local",
+          "sparse-proxskip-noh": "ablation: Sparse-ProxSkip with h = 0 (FedAvg + client model TopK)",
           "sparse-proxskip-server": "ProxSkip + server TopK", "fedavg-topk": "FedAvg + TopK",
           "ec": "FedAvg + TopK + EF (EC)"}
 #: [paper, unverified] (ALGORITHMS.md 3(d)): FEMNIST, 100 clients, 99 % sparsity.
@@ -76,15 +78,23 @@ def algorithm_and_sets(method: str, sparsity: float | None) -> tuple[str, list[s
     s = round(float(sparsity), 10)
     if method in ("fedavg-topk", "ec"):
         return method, [f"algo.{method}.density={round(1.0 - s, 10)!r}"]
-    algo = "sparse-proxskip" if method == "sparse-proxskip-local" else method
+    algo = "sparse-proxskip" if method in ("sparse-proxskip-local", "sparse-proxskip-noh") else method
     sets = [f"algo.{algo}.sparsity={s!r}"]
     if method == "sparse-proxskip-local":
         sets.append("algo.sparse-proxskip.local=true")
+    if method == "sparse-proxskip-noh":
+        sets.append("algo.sparse-proxskip.control_variates=false")
     return algo, sets
 
 
-def row_name(task: str, method: str, sparsity: float | None) -> str:
-    return f"{task}_{method}" + ("" if method == "proxskip" else f"_s{round(100 * sparsity):d}")
+def row_name(task: str, method: str, sparsity: float | None, tag: str = "") -> str:
+    return (f"{task}_{method}" + ("" if method == "proxskip" else f"_s{round(100 * sparsity):d}")
+            + (f"_{tag}" if tag else ""))
+
+
+def label(d: dict) -> str:
+    """A row's label: the method's, plus its tag (a variant run with extra ``--set`` options)."""
+    return LABELS[d["method"]] + (f" [{d['tag']}]" if d.get("tag") else "")
 
 
 # -- measurements made alongside a run ---------------------------------------------------------
@@ -121,7 +131,7 @@ class Probe:
             pruned = ps.unflatten(ps.topk_vector(w, k), sim.server.params)
             res = evaluate(sim.model, pruned, sim.x_test, sim.y_test, task, bs)
             extra.update({f"pruned_{key}": v for key, v in res.items()})
-        if isinstance(sim.algorithm, ps.ProxSkip):
+        if isinstance(sim.algorithm, ps.ProxSkip) and getattr(sim.cfg, "control_variates", True):
             # the h_i the clients will hold (their pending update applied), from their own states
             xbar = ps.flatten(sim.server.params)
             ratio = np.float32(sim.cfg.p / sim.cfg.lr)
@@ -149,7 +159,12 @@ def cmd_run(args) -> None:
     algo, sets = algorithm_and_sets(args.method, args.sparsity)
     sets += list(args.sets)
     config = resolve_config(file=CONFIGS / task["file"], algorithm=algo, rounds=args.rounds, sets=sets)
-    name = row_name(args.task, args.method, args.sparsity)
+    if args.tag and not args.sets:
+        raise SystemExit("--tag names a variant run: give the --set options that make it one")
+    if args.sets and not args.tag:
+        raise SystemExit("a run with --set options needs a --tag (its row name), or it would "
+                         "overwrite the default row")
+    name = row_name(args.task, args.method, args.sparsity, args.tag)
     sim = Simulation(config)
     probe = Probe(sim, args.sparsity)
     start = time.perf_counter()
@@ -170,7 +185,7 @@ def cmd_run(args) -> None:
     if args.resume and (RESULTS / f"{name}.json").is_file():
         previous_wall = float(json.loads((RESULTS / f"{name}.json").read_text())["wall_seconds"])
     digest = {
-        "row": name, "task": args.task, "method": args.method, "algorithm": algo,
+        "row": name, "task": args.task, "method": args.method, "algorithm": algo, "tag": args.tag,
         "sparsity": args.sparsity,
         "command": "python -m benchmarks.proxskip_repro " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "equivalent_cli": (f"python -m fl run --algorithm {algo} --config benchmarks/configs/proxskip/{task['file']}"
@@ -237,7 +252,7 @@ def _row_cells(d: dict, classification: bool) -> list[str]:
     up = s["uplink_bits"] / (s["clients"] * n_rounds)
     down = s["downlink_bits"] / (s["clients"] * n_rounds)
     rel = last.get("server_sum_h_rel")
-    cells = [LABELS[d["method"]], str(n_rounds)]
+    cells = [label(d), str(n_rounds)]
     if classification:
         cells += [_f(last.get("accuracy")), _f(max(m["accuracy"] for m in ev)),
                   _f(last.get("dense_accuracy", last.get("accuracy"))), _f(last.get("pruned_accuracy"))]
@@ -282,7 +297,14 @@ def render(rows: list[dict]) -> list[str]:
 
 
 def acceptance(task: str, s: float, srows: list[dict]) -> list[str]:
-    by = {d["method"]: d for d in srows}
+    out = []
+    for tag in sorted({d.get("tag", "") for d in srows}):
+        by = {d["method"]: d for d in srows if d.get("tag", "") == tag}
+        out += _comparisons(task, s, by, f"[{tag}] " if tag else "")
+    return out + [""]
+
+
+def _comparisons(task: str, s: float, by: dict, prefix: str) -> list[str]:
     sp = by.get("sparse-proxskip")
     out = []
     if sp is None:
@@ -296,14 +318,21 @@ def acceptance(task: str, s: float, srows: list[dict]) -> list[str]:
         cp = at_bits(b, budget, "pruned_accuracy")
         diff = _f(None if a is None or c is None else 100 * (a - c), "+.1f")
         diff_p = _f(None if a is None or cp is None else 100 * (a - cp), "+.1f")
-        out.append(f"* At equal uplink bits ({budget:.4g}): Sparse-ProxSkip (k-sparse model) {_f(a)} vs "
+        out.append(f"* {prefix}At equal uplink bits ({budget:.4g}): Sparse-ProxSkip (k-sparse model) {_f(a)} vs "
                    f"{LABELS[base]} {_f(c)} with its dense global model ({diff} points), {_f(cp)} with "
                    f"its global model cut to k entries ({diff_p} points).")
+    noh = by.get("sparse-proxskip-noh")
+    if noh is not None:
+        budget = min(sp["summary"]["uplink_bits"], noh["summary"]["uplink_bits"])
+        a, c = at_bits(sp, budget), at_bits(noh, budget)
+        diff = _f(None if a is None or c is None else 100 * (a - c), "+.1f")
+        out.append(f"* {prefix}What the control variates add (ablation, equal uplink bits {budget:.4g}): Sparse-ProxSkip "
+                   f"{_f(a)} vs the same with h = 0 {_f(c)} ({diff} points).")
     ref = PAPER.get(task, {}).get(s)
-    if ref:
+    if ref and not prefix:
         out.append(f"* Paper [unverified, 100 clients]: Sparse-ProxSkip {ref['sparse-proxskip']:.3f} vs "
                    f"best baseline {ref['best baseline']:.3f}.")
-    return out + [""]
+    return out
 
 
 def plots(rows: list[dict]) -> list[str]:
@@ -320,7 +349,7 @@ def plots(rows: list[dict]) -> list[str]:
         for ax, s in zip(axes[0], sps):
             for d in sorted((d for d in t4 if d["sparsity"] in (s, None)), key=lambda d: METHODS.index(d["method"])):
                 ev = evaluated(d)
-                ax.plot([m["cum_uplink_bits"] for m in ev], [m["accuracy"] for m in ev], label=LABELS[d["method"]])
+                ax.plot([m["cum_uplink_bits"] for m in ev], [m["accuracy"] for m in ev], label=label(d))
             ax.set_xscale("log")
             ax.set_xlabel("cumulative uplink bits (all clients, ledger)")
             ax.set_ylabel("test accuracy (delivered model)")
@@ -339,7 +368,7 @@ def plots(rows: list[dict]) -> list[str]:
                 continue
             tag = "" if d["sparsity"] is None else f" s={100 * d['sparsity']:g}%"
             ax.plot([m["round"] for m in ms], [max(m["server_sum_h_norm"], 1e-12) for m in ms],
-                    label=LABELS[d["method"]] + tag)
+                    label=label(d) + tag)
         ax.set_yscale("log")
         ax.set_xlabel("round (after that round's communication)")
         ax.set_ylabel("||sum_i h_i||")
@@ -356,8 +385,8 @@ def plots(rows: list[dict]) -> list[str]:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
         for d in sorted(t5, key=lambda d: METHODS.index(d["method"])):
             ev = evaluated(d)
-            axes[0].plot([m["round"] for m in ev], [m["train_full_loss"] for m in ev], label=LABELS[d["method"]])
-            axes[1].plot([m["round"] for m in ev], [m["test_loss"] for m in ev], label=LABELS[d["method"]])
+            axes[0].plot([m["round"] for m in ev], [m["train_full_loss"] for m in ev], label=label(d))
+            axes[1].plot([m["round"] for m in ev], [m["test_loss"] for m in ev], label=label(d))
         for ax, what in zip(axes, ("training loss (MSE, whole training set)", "test MSE (60 test files)")):
             ax.set_yscale("log")
             ax.set_xlabel("communication round")
@@ -391,7 +420,9 @@ def main(argv=None) -> None:
     run.add_argument("method", choices=METHODS)
     run.add_argument("--sparsity", type=float)
     run.add_argument("--rounds", type=int)
-    run.add_argument("--set", dest="sets", action="append", default=[])
+    run.add_argument("--set", dest="sets", action="append", default=[],
+                     help="extra config override (needs --tag), e.g. algo.lr=0.3")
+    run.add_argument("--tag", default="", help="row-name suffix of a variant run made with --set")
     run.add_argument("--resume", action="store_true")
     lip = sub.add_parser("lipschitz")
     lip.add_argument("task", choices=sorted(TASKS))
