@@ -326,7 +326,8 @@ def _comparisons(task: str, s: float, by: dict, prefix: str) -> list[str]:
         budget = min(sp["summary"]["uplink_bits"], noh["summary"]["uplink_bits"])
         a, c = at_bits(sp, budget), at_bits(noh, budget)
         diff = _f(None if a is None or c is None else 100 * (a - c), "+.1f")
-        out.append(f"* {prefix}What the control variates add (ablation, equal uplink bits {budget:.4g}): Sparse-ProxSkip "
+        out.append(f"* {prefix}What the control variates add (ablation, equal uplink bits {budget:.4g}): "
+                   f"Sparse-ProxSkip "
                    f"{_f(a)} vs the same with h = 0 {_f(c)} ({diff} points).")
     ref = PAPER.get(task, {}).get(s)
     if ref and not prefix:
