@@ -275,7 +275,7 @@ def render(rows: list[dict]) -> list[str]:
         for s in spec["sparsities"]:
             srows = [d for d in trows if d["sparsity"] in (s, None)]
             srows.sort(key=lambda d: METHODS.index(d["method"]))
-            if not srows:
+            if not any(d["sparsity"] == s for d in srows):      # only the shared dense row
                 continue
             out += [f"### sparsity {100 * s:g} % (k = round({1 - s:.2g} d))", ""]
             head = ["method", "rounds"]
