@@ -329,9 +329,8 @@ def readme(runs: dict, rows: dict, plots: list[str]) -> str:
             lines.append(f"* Ablation ({setup}): without activation pruning SparsyFed reaches "
                          f"{abl[f'accuracy_last{LAST}']:.4f} (mean of the last {LAST} rounds) against "
                          f"{base[f'accuracy_last{LAST}']:.4f} with it, at the same density and regrowth.")
-    small, large = (rows.get(("mnist_lda0.1", m)) for m in ("sparsyfed", "topk-prune")), \
-        (rows.get(("mnist_lda0.1_flarecnn", m)) for m in ("sparsyfed", "topk-prune"))
-    small, large = list(small), list(large)
+    small, large = ([rows.get((setup, m)) for m in ("sparsyfed", "topk-prune")]
+                    for setup in ("mnist_lda0.1", "mnist_lda0.1_flarecnn"))
     if None not in small + large:
         gap = [100 * (t[f"accuracy_last{LAST}"] - f[f"accuracy_last{LAST}"]) for f, t in (small, large)]
         lines += [f"* Model size (LDA 0.1, start lr 0.1): Top-K's lead over SparsyFed shrinks from {gap[0]:.1f} "

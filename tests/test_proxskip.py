@@ -175,11 +175,10 @@ def test_the_uplink_point_does_not_depend_on_h_beyond_the_trajectory():
 def test_control_variates_off_is_fedavg_with_client_model_pruning():
     off = make_sim("sparse-proxskip", 3, "algo.sparsity=0.9", "algo.control_variates=false")
     on = make_sim("sparse-proxskip", 3, "algo.sparsity=0.9")
-    xbar = flatten(off.server.params)
-    line = off.step()
+    line, _ = off.step(), on.step()
     assert "server_sum_h_norm" not in line                  # no h, no invariant to report
     for _ in range(2):
-        xbar = flatten(off.server.params)
+        xbar = flatten(off.server.params)                   # the model the clients receive
         off.step(), on.step()
     k = sc.k_for(xbar.size, density=0.1, k_rule="round")
     cid = sorted(off.client_states)[0]
@@ -190,7 +189,9 @@ def test_control_variates_off_is_fedavg_with_client_model_pruning():
                            steps=off.cfg.local_steps, k=k)
     np.testing.assert_array_equal(st.sent, topk_vector(x, k))
     assert any(np.any(on.client_states[c].h) for c in on.client_states)
+    # same rounds, same data: only the control variates differ
     assert not np.array_equal(flatten(off.server.params), flatten(on.server.params))
+
 
 def test_local_variant_keeps_the_iterate_k_sparse_and_clipping_bounds_the_step():
     data, like = _logistic_data()
