@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -58,18 +59,21 @@ AFTER = 10        # "after round 10": rounds 11.. for the density figures
 LAST = 5          # final accuracy = mean of the last LAST evaluated rounds (and the last one)
 
 
-def run_dir(setup: str, method: str) -> Path:
-    return RESULTS / f"{setup}_{method}"
+def run_dir(setup: str, method: str, seed: int | None = None) -> Path:
+    """``<setup>_<method>`` for the configs' seed; ``<setup>_<method>_seed<N>`` for a repeat."""
+    return RESULTS / (f"{setup}_{method}" if seed is None else f"{setup}_{method}_seed{seed}")
 
 
-def fl_argv(setup: str, method: str, rounds: int | None, resume: bool) -> list[str]:
+def fl_argv(setup: str, method: str, rounds: int | None, resume: bool, seed: int | None = None) -> list[str]:
     alg, sets = METHODS[method]
     argv = ["run", "--config", str(CONFIGS / f"{setup}.toml"), "--algorithm", alg]
     for s in sets:
         argv += ["--set", s]
-    argv += ["--out", str(run_dir(setup, method)), "--no-progress"]
+    argv += ["--out", str(run_dir(setup, method, seed)), "--no-progress"]
     if rounds is not None:
         argv += ["--rounds", str(rounds)]
+    if seed is not None:
+        argv += ["--seed", str(seed)]
     if resume:
         argv.append("--resume")
     return argv
@@ -79,8 +83,8 @@ def cmd_run(args) -> int:
     from fl.cli import main as fl_main
 
     os.chdir(ROOT)
-    out = run_dir(args.setup, args.method)
-    argv = fl_argv(args.setup, args.method, args.rounds, args.resume)
+    out = run_dir(args.setup, args.method, args.seed)
+    argv = fl_argv(args.setup, args.method, args.rounds, args.resume, args.seed)
     record_path = out / "command.json"
     previous = json.loads(record_path.read_text()) if args.resume and record_path.is_file() else None
     start = time.perf_counter()
@@ -106,6 +110,8 @@ def _argv(args) -> list[str]:
     out = ["run", "--setup", args.setup, "--method", args.method]
     if args.rounds is not None:
         out += ["--rounds", str(args.rounds)]
+    if args.seed is not None:
+        out += ["--seed", str(args.seed)]
     if args.resume:
         out.append("--resume")
     return out
@@ -126,12 +132,24 @@ def _mean(vals):
     return sum(vals) / len(vals) if vals else None
 
 
+def seed_runs(setup: str, method: str) -> dict[int, dict]:
+    """The finished runs of one row by seed: the configs' seed 0 and every ``_seed<N>`` repeat."""
+    out = {}
+    if (run := _load(run_dir(setup, method))) is not None:
+        out[run["summary"]["config"]["seed"]] = run
+    for path in sorted(RESULTS.glob(f"{setup}_{method}_seed*")):
+        seed = path.name.rsplit("_seed", 1)[1]
+        if path.is_dir() and seed.isdigit() and (run := _load(path)) is not None:
+            out[int(seed)] = run
+    return dict(sorted(out.items()))
+
+
 def row(setup: str, method: str, run: dict) -> dict:
     m, s = run["metrics"], run["summary"]
     accs = [x["accuracy"] for x in m if x.get("accuracy") is not None]
     after = [x for x in m if x["round"] > AFTER]
     return {
-        "setup": setup, "method": method, "rounds": s["rounds"],
+        "setup": setup, "method": method, "seed": s["config"]["seed"], "rounds": s["rounds"],
         "final_accuracy": s["final_accuracy"], "best_accuracy": s["best_accuracy"],
         f"accuracy_last{LAST}": _mean(accs[-LAST:]),
         f"accuracy_last{LAST}_range": (max(accs[-LAST:]) - min(accs[-LAST:])) if accs else None,
@@ -259,7 +277,51 @@ def lr_sweep(rows: dict) -> list[str]:
     return out
 
 
-def readme(runs: dict, rows: dict, plots: list[str]) -> str:
+# two-sided 95 % Student-t quantiles t(0.975, df) for the interval of a mean paired difference over
+# df + 1 seeds (standard table values)
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def seed_repeats(seeded: dict) -> list[str]:
+    """Rows repeated over seeds: a table per setup, and each SparsyFed row against each Top-K row on
+    their common seeds as a paired comparison (a seed fixes partition, client sampling and init, so
+    both methods see the same clients in the same order)."""
+    key, out = f"accuracy_last{LAST}", []
+    for setup in SETUPS:
+        methods = [m for m in METHODS if len(seeded.get((setup, m), {})) > 1]
+        if not methods:
+            continue
+        seeds = sorted({seed for m in methods for seed in seeded[(setup, m)]})
+        out += ["", f"### Seed repeats ({setup}; accuracy, mean of the last {LAST} evaluations)", "",
+                "| method | " + " | ".join(f"seed {seed}" for seed in seeds) + " | mean | sd |",
+                "|---|" + "---:|" * (len(seeds) + 2)]
+        for m in methods:
+            accs = {seed: r[key] for seed, r in seeded[(setup, m)].items()}
+            out.append(f"| {LABELS[m]} | " + " | ".join(_f(accs.get(seed)) for seed in seeds) +
+                       f" | {statistics.mean(accs.values()):.4f} | {statistics.stdev(accs.values()):.4f} |")
+        out.append("")
+        for a in (m for m in methods if METHODS[m][0] == "sparsyfed"):
+            for b in (m for m in methods if METHODS[m][0] == "topk-prune"):
+                common = sorted(set(seeded[(setup, a)]) & set(seeded[(setup, b)]))
+                if len(common) < 2 or len(common) - 1 not in T975:
+                    continue
+                mean_a = statistics.mean(seeded[(setup, a)][x][key] for x in common)
+                mean_b = statistics.mean(seeded[(setup, b)][x][key] for x in common)
+                diffs = [100 * (seeded[(setup, a)][x][key] - seeded[(setup, b)][x][key]) for x in common]
+                mean_d = statistics.mean(diffs)
+                half = T975[len(common) - 1] * statistics.stdev(diffs) / len(common) ** 0.5
+                verdict = ("SparsyFed is higher (the interval lies above 0)" if mean_d - half > 0 else
+                           "Top-K is higher (the interval lies below 0)" if mean_d + half < 0 else
+                           "the two are not distinguishable at this number of seeds (the interval contains 0)")
+                out.append(f"* {setup}, {LABELS[a]} vs {LABELS[b]} on seeds {', '.join(map(str, common))}: "
+                           f"SparsyFed mean accuracy >= Top-K's: **{'met' if mean_a >= mean_b else 'NOT met'}** "
+                           f"({mean_a:.4f} vs {mean_b:.4f}; paired differences "
+                           f"{', '.join(f'{d:+.2f}' for d in diffs)} points, mean {mean_d:+.2f}, 95 % t-interval "
+                           f"[{mean_d - half:+.2f}, {mean_d + half:+.2f}] points): {verdict}.")
+    return out
+
+
+def readme(runs: dict, rows: dict, plots: list[str], seeded: dict) -> str:
     lines = [
         "# SparsyFed vs Top-K pruning (T8, scaled down)",
         "",
@@ -345,6 +407,7 @@ def readme(runs: dict, rows: dict, plots: list[str]) -> str:
                   f"{first['train_loss']:.2g}) and ends at {diverged['final_accuracy']:.4f}; SparsyFed at the "
                   "same lr trains normally (Powerprop shrinks the step on small weights)."]
     lines += lr_sweep(rows)
+    lines += seed_repeats(seeded)
     lines += ["", "## Plots", ""] + [f"* `{p}`" for p in plots]
     lines += ["", "## Commands", "",
               "Run from the repository root, one run at a time, `nice -n 5`, one torch thread, on a 2-core machine",
@@ -356,6 +419,10 @@ def readme(runs: dict, rows: dict, plots: list[str]) -> str:
             if r is not None:
                 lines.append(f"| {setup} | {method} | `{r['command']}` | `{r['fl_command']}` | "
                              f"{r['wall_seconds'] / 60:.1f} min |")
+            for seed, r in seeded.get((setup, method), {}).items():
+                if seed != 0:
+                    lines.append(f"| {setup} | {method} (seed {seed}) | `{r['command']}` | `{r['fl_command']}` | "
+                                 f"{r['wall_seconds'] / 60:.1f} min |")
     lines += ["", "then `python -m benchmarks.sparsyfed_repro report`.", ""]
     return "\n".join(lines)
 
@@ -367,9 +434,12 @@ def cmd_report(args) -> int:
         print("no finished runs under", RESULTS, file=sys.stderr)
         return 1
     rows = {k: row(k[0], k[1], run) for k, run in runs.items()}
-    (RESULTS / "results.json").write_text(json.dumps(list(rows.values()), indent=2) + "\n")
+    seeded = {(s, m): {seed: row(s, m, run) for seed, run in by_seed.items()}
+              for s in SETUPS for m in METHODS if len(by_seed := seed_runs(s, m)) > 1}
+    repeats = [r for by_seed in seeded.values() for seed, r in by_seed.items() if seed != 0]
+    (RESULTS / "results.json").write_text(json.dumps(list(rows.values()) + repeats, indent=2) + "\n")
     plots = _plot(runs, RESULTS / "t8")
-    (RESULTS / "README.md").write_text(readme(runs, rows, plots))
+    (RESULTS / "README.md").write_text(readme(runs, rows, plots, seeded))
     print((RESULTS / "README.md").read_text())
     return 0
 
@@ -381,6 +451,8 @@ def main(argv=None) -> int:
     r.add_argument("--setup", choices=SETUPS, required=True)
     r.add_argument("--method", choices=list(METHODS), required=True)
     r.add_argument("--rounds", type=int, help="override the config's 100 rounds")
+    r.add_argument("--seed", type=int, help="repeat the row with this master seed (partition, client sampling, "
+                   "init and batches); written to <setup>_<method>_seed<N>; default: the config's seed 0")
     r.add_argument("--resume", action="store_true")
     sub.add_parser("report", help="README.md, results.json and plots from the finished runs")
     args = p.parse_args(argv)
