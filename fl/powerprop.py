@@ -20,9 +20,11 @@ of ``w``, recomputed at every forward pass), inside a custom :class:`torch.autog
 
 Linear layers keep the ``k = ceil((1 - s_l) * numel)`` largest ``|x|`` of the whole
 ``(batch x features)`` input (``|x| >= k-th largest``) at every call (official ``matrix_drop``).
-Conv layers compute that threshold on their **first training call** and then reuse the stored
-value (official ``drop_threshold`` quirk, ``in_threshold = -1`` until then); a module is rebuilt
-every round per client (:func:`powerprop_model`), which resets it.
+Conv layers compute that threshold on their **first training call with a sparse weight** and then
+reuse the stored value (official ``drop_threshold`` quirk, ``in_threshold = -1`` until then); while
+the weight is dense (round 1) no threshold is stored and every batch is kept whole, as the official
+code, which updates ``in_threshold`` only when the sparsity is non-zero. A module is rebuilt every
+round per client (:func:`powerprop_model`), which resets it.
 
 **Init** (official ``models.py:init_weights``): truncated normal ``std = sqrt(1/fan_in)/0.8796...``
 cut at +-2 std (``fl.models`` ``"lecun_normal"``), biases 0, then ``v = sign(u)|u|^(1/alpha)`` so
@@ -233,7 +235,7 @@ class PowerpropLinear(_PowerpropMixin, nn.Linear):
 
 class PowerpropConv2d(_PowerpropMixin, nn.Conv2d):
     """``nn.Conv2d`` with a latent weight and activation pruning whose threshold is fixed by the
-    first training batch (``in_threshold`` = -1 until then)."""
+    first training batch with a sparse weight (``in_threshold`` = -1 until then)."""
 
     def __init__(self, *args, alpha: float = 1.25, prune_activations: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
@@ -255,9 +257,15 @@ class PowerpropConv2d(_PowerpropMixin, nn.Conv2d):
             raise ConfigError("PowerpropConv2d supports padding_mode='zeros' only")
         if not (self.training and self.prune_activations and torch.is_grad_enabled()):
             return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        if self.in_threshold < 0:                                # first training call only
-            self.in_threshold = keep_threshold(x, 1.0 - layer_sparsity(w))
-        thr = self.in_threshold
+        density = 1.0 - layer_sparsity(w)
+        if density >= 1.0:
+            # a dense layer stores no threshold (official: in_threshold is updated only when the
+            # sparsity is non-zero), so every batch keeps its whole input until the layer is sparse
+            thr = 0.0
+        else:
+            if self.in_threshold < 0:                            # first sparse training call only
+                self.in_threshold = keep_threshold(x, density)
+            thr = self.in_threshold
         self._record(x, thr)
         return ActPrunedConv2d.apply(x, w, self.bias, thr, self.stride, self._padding(),
                                      self.dilation, self.groups)

@@ -137,6 +137,24 @@ def test_saved_activation_density_is_one_minus_layer_sparsity(s):
     assert _saved_inputs(conv, x1) == [] or all(torch.equal(t, x1) for t in _saved_inputs(conv, x1))
 
 
+def test_dense_conv_keeps_every_batch_whole_and_stores_no_threshold():
+    # official: in_threshold is only updated when the weight sparsity is non-zero, so in round 1
+    # (dense model) a later batch with smaller |x| than the first batch's minimum loses nothing
+    torch.manual_seed(4)
+    conv = PowerpropConv2d(3, 4, 3, alpha=1.25)
+    assert int(torch.count_nonzero(conv.weight)) == conv.weight.numel()
+    x1, x2 = torch.randn(4, 3, 8, 8), 1e-6 * torch.randn(4, 3, 8, 8)
+    assert bool((x2.abs() < x1.abs().min()).all())     # a stored min|x1| would drop all of x2
+    for x in (x1, x2):
+        (saved,) = _saved_inputs(conv, x)
+        assert torch.equal(saved, x)
+        assert conv.in_threshold == -1.0
+    # once the layer is sparse, the first sparse batch fixes the threshold
+    _sparsify_(conv.weight, 0.5, seed=5)
+    _saved_inputs(conv, x1)
+    assert conv.in_threshold > 0
+
+
 def test_custom_backward_input_grad_exact_weight_grad_from_pruned_input():
     torch.manual_seed(3)
     for make, x in ((lambda: PowerpropConv2d(3, 5, 3, padding=1, alpha=1.25), torch.randn(4, 3, 7, 7)),
