@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
 import sys
-import time
 from pathlib import Path
+
+from benchmarks._runner import load_run, run_recorded
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = Path("benchmarks/configs/fedpm/mnist_mlp.toml")
@@ -51,43 +50,12 @@ def fl_argv(lam: float, rounds: int | None, resume: bool) -> list[str]:
 
 
 def cmd_run(args) -> int:
-    from fl.cli import main as fl_main
-
     os.chdir(ROOT)
-    out = run_dir(args.lam)
-    argv = fl_argv(args.lam, args.rounds, args.resume)
-    record_path = out / "command.json"
-    previous = json.loads(record_path.read_text()) if args.resume and record_path.is_file() else None
-    start = time.perf_counter()
-    status = fl_main(argv)
-    wall = time.perf_counter() - start
-    if status != 0:
-        return status
-    summary = json.loads((out / "summary.json").read_text())
-    record = {
-        "command": "python -m benchmarks.fedpm_repro " + " ".join(sys.argv[1:]),
-        "fl_command": "python -m fl " + " ".join(argv),
-        "wall_seconds": wall + (previous["wall_seconds"] if previous else 0.0),
-        "sessions": (previous["sessions"] if previous else []) + [{"argv": sys.argv[1:], "wall_seconds": wall}],
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), torch threads = 1",
-    }
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
-    if summary["rounds"] == summary["config"]["rounds"]:
-        for name in ("checkpoint.pkl", "model.sc"):      # not results, and large
-            (out / name).unlink(missing_ok=True)
-    return 0
+    return run_recorded(fl_argv(args.lam, args.rounds, args.resume), run_dir(args.lam),
+                        "python -m benchmarks.fedpm_repro " + " ".join(sys.argv[1:]), resume=args.resume)
 
 
 # -- report -------------------------------------------------------------------------------------
-def _load(path: Path) -> dict | None:
-    if not (path / "summary.json").is_file():
-        return None
-    metrics = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line]
-    summary = json.loads((path / "summary.json").read_text())
-    command = json.loads((path / "command.json").read_text()) if (path / "command.json").is_file() else {}
-    return {"metrics": metrics, "summary": summary, "command": command, "dir": path}
-
-
 def per_round(metrics: list[dict]) -> list[dict]:
     """The per-round FedPM figures (bpp = bits per parameter per client)."""
     rows = []
@@ -163,11 +131,11 @@ def _plot(runs: dict[float, dict], path: Path) -> None:
 
 def cmd_report(args) -> int:
     os.chdir(ROOT)
-    runs = {lam: run for lam in LAMBDAS if (run := _load(run_dir(lam))) is not None}
+    runs = {lam: run for lam in LAMBDAS if (run := load_run(run_dir(lam))) is not None}
     extra = sorted(float(p.name[len("mlp_lambda"):]) for p in RESULTS.glob("mlp_lambda*")
-                   if p.is_dir() and float(p.name[len("mlp_lambda"):]) not in LAMBDAS and _load(p) is not None)
+                   if p.is_dir() and float(p.name[len("mlp_lambda"):]) not in LAMBDAS and load_run(p) is not None)
     for lam in extra:
-        runs[lam] = _load(run_dir(lam))
+        runs[lam] = load_run(run_dir(lam))
     if not runs:
         print("no finished runs under", RESULTS, file=sys.stderr)
         return 1

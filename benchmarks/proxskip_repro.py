@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shlex
@@ -280,7 +279,7 @@ def render(rows: list[dict]) -> list[str]:
             out += [f"### sparsity {100 * s:g} % (k = round({1 - s:.2g} d))", ""]
             head = ["method", "rounds"]
             head += (["accuracy (delivered model)", "best", "accuracy of the dense global model",
-                      f"accuracy of TopK_k(global)"] if classification else
+                      "accuracy of TopK_k(global)"] if classification else
                      ["train loss (full set)", "test MSE", "test MSE of TopK_k(global)"])
             head += ["uplink bits/client/round", "downlink bits/client/round", "total uplink bits",
                      "final sum-h rel", "wall"]

@@ -28,11 +28,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
+
+from benchmarks._runner import load_run, run_recorded
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = Path("benchmarks/configs/sparsyfed")
@@ -80,30 +80,11 @@ def fl_argv(setup: str, method: str, rounds: int | None, resume: bool, seed: int
 
 
 def cmd_run(args) -> int:
-    from fl.cli import main as fl_main
-
     os.chdir(ROOT)
-    out = run_dir(args.setup, args.method, args.seed)
-    argv = fl_argv(args.setup, args.method, args.rounds, args.resume, args.seed)
-    record_path = out / "command.json"
-    previous = json.loads(record_path.read_text()) if args.resume and record_path.is_file() else None
-    start = time.perf_counter()
-    status = fl_main(argv)
-    wall = time.perf_counter() - start
-    if status != 0:
-        return status
-    summary = json.loads((out / "summary.json").read_text())
-    record = {
-        "command": "python -m benchmarks.sparsyfed_repro " + " ".join(_argv(args)),
-        "fl_command": "python -m fl " + " ".join(argv),
-        "wall_seconds": wall + (previous["wall_seconds"] if previous else 0.0),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other jobs), torch threads = 1",
-    }
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
-    if summary["rounds"] == summary["config"]["rounds"]:
-        for name in ("checkpoint.pkl", "model.sc", "ledger.jsonl"):
-            (out / name).unlink(missing_ok=True)
-    return 0
+    return run_recorded(fl_argv(args.setup, args.method, args.rounds, args.resume, args.seed),
+                        run_dir(args.setup, args.method, args.seed),
+                        "python -m benchmarks.sparsyfed_repro " + " ".join(_argv(args)), resume=args.resume,
+                        not_results=("checkpoint.pkl", "model.sc", "ledger.jsonl"))
 
 
 def _argv(args) -> list[str]:
@@ -118,15 +99,6 @@ def _argv(args) -> list[str]:
 
 
 # -- report -------------------------------------------------------------------------------------
-def _load(path: Path) -> dict | None:
-    if not (path / "summary.json").is_file():
-        return None
-    metrics = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line]
-    summary = json.loads((path / "summary.json").read_text())
-    command = json.loads((path / "command.json").read_text()) if (path / "command.json").is_file() else {}
-    return {"metrics": metrics, "summary": summary, "command": command, "dir": path}
-
-
 def _mean(vals):
     vals = [v for v in vals if v is not None]
     return sum(vals) / len(vals) if vals else None
@@ -135,11 +107,11 @@ def _mean(vals):
 def seed_runs(setup: str, method: str) -> dict[int, dict]:
     """The finished runs of one row by seed: the configs' seed 0 and every ``_seed<N>`` repeat."""
     out = {}
-    if (run := _load(run_dir(setup, method))) is not None:
+    if (run := load_run(run_dir(setup, method))) is not None:
         out[run["summary"]["config"]["seed"]] = run
     for path in sorted(RESULTS.glob(f"{setup}_{method}_seed*")):
         seed = path.name.rsplit("_seed", 1)[1]
-        if path.is_dir() and seed.isdigit() and (run := _load(path)) is not None:
+        if path.is_dir() and seed.isdigit() and (run := load_run(path)) is not None:
             out[int(seed)] = run
     return dict(sorted(out.items()))
 
@@ -429,7 +401,7 @@ def readme(runs: dict, rows: dict, plots: list[str], seeded: dict) -> str:
 
 def cmd_report(args) -> int:
     os.chdir(ROOT)
-    runs = {(s, m): run for s in SETUPS for m in METHODS if (run := _load(run_dir(s, m))) is not None}
+    runs = {(s, m): run for s in SETUPS for m in METHODS if (run := load_run(run_dir(s, m))) is not None}
     if not runs:
         print("no finished runs under", RESULTS, file=sys.stderr)
         return 1

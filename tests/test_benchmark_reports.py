@@ -1,10 +1,43 @@
-"""The decision logic the benchmark reports print (no runs: synthetic rows)."""
+"""The benchmark runners' shared plumbing (a tiny real run) and the decision logic their reports
+print (synthetic rows)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
 from benchmarks import sparsyfed_repro as sf
+from benchmarks._runner import load_run, run_recorded
+
+TINY = ["dataset=synthetic-logistic", "data.n_train=120", "data.n_test=40", "data.dim=8",
+        "data.num_classes=3", "model=logistic-regression", "model_options.in_features=8",
+        "model_options.num_classes=3", "sim.clients=4", "sim.clients_per_round=2",
+        "algo.lr=0.2", "algo.batch_size=8", "algo.ec.density=0.25"]
+
+
+def test_run_recorded_writes_the_record_carries_it_over_a_resume_and_drops_non_results(tmp_path):
+    out = tmp_path / "run"
+    base = ["run", "--algorithm", "ec", "--out", str(out), "--no-progress"]
+    base += [arg for s in TINY for arg in ("--set", s)]
+    first = base + ["--rounds", "2"]
+    assert run_recorded(first, out, "runner run --rounds 2", resume=False, not_results=()) == 0
+    record = json.loads((out / "command.json").read_text())
+    assert record["command"] == "runner run --rounds 2"
+    assert record["fl_command"] == "python -m fl " + " ".join(first)
+    assert (out / "checkpoint.pkl").is_file()                 # kept: not_results=()
+    # a resumed session adds its wall time to the recorded one and then drops the checkpoint
+    record["wall_seconds"] = 100.0
+    (out / "command.json").write_text(json.dumps(record))
+    second = base + ["--rounds", "3", "--resume"]
+    assert run_recorded(second, out, "runner run --resume", resume=True) == 0
+    record = json.loads((out / "command.json").read_text())
+    assert record["wall_seconds"] > 100.0
+    assert [s["command"] for s in record["sessions"]] == ["runner run --rounds 2", "runner run --resume"]
+    assert not (out / "checkpoint.pkl").exists()
+    run = load_run(out)
+    assert [m["round"] for m in run["metrics"]] == [1, 2, 3] and run["summary"]["rounds"] == 3
+    assert load_run(tmp_path / "missing") is None
 
 SETUP = "mnist_lda0.1_flarecnn"
 KEY = f"accuracy_last{sf.LAST}"

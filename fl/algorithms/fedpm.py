@@ -75,7 +75,7 @@ from sparsecodec.errors import ConfigError
 from ..channel import Link
 from ..masked import (STE_MODES, frozen_weights, keep_probabilities, masked_forward, sample_masks,
                       threshold_forward)
-from .base import (Algorithm, ClientData, ClientResult, ServerResult, ServerState, Tensors, Update,
+from .base import (Algorithm, ClientData, ClientResult, ServerResult, ServerState, Update,
                    _check, _check_fields)
 
 __all__ = ["FedPM", "FedPMConfig", "FedPMClientState", "FedPMServerState", "regularizer",
