@@ -142,7 +142,7 @@ def row(setup: str, method: str, run: dict) -> dict:
     }
 
 
-def _plot(runs: dict, path_prefix: Path) -> list[str]:
+def _plot(runs: dict, path_prefix: Path, repeats: dict) -> list[str]:
     try:
         import matplotlib
     except ImportError:
@@ -183,6 +183,22 @@ def _plot(runs: dict, path_prefix: Path) -> list[str]:
     fig.savefig(f"{path_prefix}_accuracy_vs_bits.png", dpi=110)
     plt.close(fig)
     written.append(f"{path_prefix.name}_accuracy_vs_bits.png")
+    setups = [s for s in SETUPS if any(k[0] == s for k in repeats)]
+    if setups:       # accuracy per round of every seed of the repeated rows
+        fig, axes = plt.subplots(1, len(setups), figsize=(6 * len(setups), 4), squeeze=False)
+        for ax, setup in zip(axes[0], setups):
+            repeated = [m for m in METHODS if (setup, m) in repeats]
+            for i, method in enumerate(repeated):
+                for j, (seed, run) in enumerate(repeats[(setup, method)].items()):
+                    m = [x for x in run["metrics"] if x.get("accuracy") is not None]
+                    ax.plot([x["round"] for x in m], [x["accuracy"] for x in m], color=f"C{i % 10}",
+                            ls=("-", "--", ":", "-.")[j % 4], lw=1.2, label=f"{LABELS[method]}, seed {seed}")
+            ax.set(xlabel="round", ylabel="test accuracy", title=f"{setup}: seed repeats", ylim=(0.8, 1.0))
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(f"{path_prefix}_seeds.png", dpi=110)
+        plt.close(fig)
+        written.append(f"{path_prefix.name}_seeds.png")
     return written
 
 
@@ -412,11 +428,11 @@ def cmd_report(args) -> int:
         print("no finished runs under", RESULTS, file=sys.stderr)
         return 1
     rows = {k: row(k[0], k[1], run) for k, run in runs.items()}
-    seeded = {(s, m): {seed: row(s, m, run) for seed, run in by_seed.items()}
-              for s in SETUPS for m in METHODS if len(by_seed := seed_runs(s, m)) > 1}
+    repeated = {(s, m): by_seed for s in SETUPS for m in METHODS if len(by_seed := seed_runs(s, m)) > 1}
+    seeded = {k: {seed: row(k[0], k[1], run) for seed, run in by_seed.items()} for k, by_seed in repeated.items()}
     repeats = [r for by_seed in seeded.values() for seed, r in by_seed.items() if seed != 0]
     (RESULTS / "results.json").write_text(json.dumps(list(rows.values()) + repeats, indent=2) + "\n")
-    plots = _plot(runs, RESULTS / "t8")
+    plots = _plot(runs, RESULTS / "t8", repeated)
     (RESULTS / "README.md").write_text(readme(runs, rows, plots, seeded))
     print((RESULTS / "README.md").read_text())
     return 0
