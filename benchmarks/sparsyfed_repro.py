@@ -235,7 +235,7 @@ def acceptance(rows: dict) -> list[str]:
     return out
 
 
-def lr_sweep(rows: dict) -> list[str]:
+def lr_sweep(rows: dict, seeded: dict) -> list[str]:
     """The start-lr sweep as a table, and the accuracy criterion with each method at its best lr."""
     out = []
     for setup in SETUPS:
@@ -261,7 +261,10 @@ def lr_sweep(rows: dict) -> list[str]:
                         f"**{'met' if a_s >= a_t else 'NOT met'}** (SparsyFed {a_s:.4f} at lr {lr_s}, "
                         f"Top-K {a_t:.4f} at lr {lr_t}; margin {100 * (a_s - a_t):+.2f} points, against a spread "
                         f"of {100 * spread[('sparsyfed', lr_s)]:.2f} / {100 * spread[('topk-prune', lr_t)]:.2f} "
-                        f"points between each run's last {LAST} evaluations; one seed)."]
+                        f"points between each run's last {LAST} evaluations; one seed)"
+                        + (", superseded by the seed repeats below." if all(
+                            (setup, b if lr == BASE_LR else f"{b}-lr{lr}") in seeded
+                            for b, lr in (("sparsyfed", lr_s), ("topk-prune", lr_t))) else ".")]
     return out
 
 
@@ -319,10 +322,11 @@ def readme(runs: dict, rows: dict, plots: list[str], seeded: dict) -> str:
         "",
         "**Scaled down** from the paper (ResNet-18 / CIFAR, 700 rounds): the LeNet-style `small-cnn` (44,426",
         "parameters on MNIST, 48,846 on FEMNIST), 100 rounds on MNIST and 200 on FEMNIST (see the table), CPU,",
-        "seed 0 (the two best FLARE-CNN rows also on seeds 1 and 2: 'Seed repeats' below; each seed draws its",
-        "own partition, client sample, init and batches). `mnist_lda0.1_flarecnn` repeats the LDA 0.1 setting with T8's other named model, the",
-        "FLARE CNN with one softmax (582,026 parameters, 13x the LeNet; evaluated every 5 rounds), as a step",
-        "towards the paper's over-parameterised regime (its config file says why).",
+        "seed 0; some FLARE-CNN rows are repeated on seeds 1 and 2 ('Seed repeats' below; a seed draws the",
+        "partition, the client sample, the init and the batches). `mnist_lda0.1_flarecnn` repeats the LDA 0.1",
+        "setting with T8's other named model, the FLARE CNN with one softmax (582,026 parameters, 13x the",
+        "LeNet; evaluated every 5 rounds), as a step towards the paper's over-parameterised regime (its config",
+        "file says why).",
         "",
         "## Setting",
         "",
@@ -400,7 +404,7 @@ def readme(runs: dict, rows: dict, plots: list[str], seeded: dict) -> str:
         lines += [f"* Top-K at start lr 0.2 on the FLARE CNN diverges in round 1 (mean client training loss "
                   f"{first['train_loss']:.2g}) and ends at {diverged['final_accuracy']:.4f}; SparsyFed at the "
                   "same lr trains normally (Powerprop shrinks the step on small weights)."]
-    lines += lr_sweep(rows)
+    lines += lr_sweep(rows, seeded)
     lines += seed_repeats(seeded)
     lines += ["", "## Plots", ""] + [f"* `{p}`" for p in plots]
     lines += ["", "## Commands", "",
