@@ -9,10 +9,11 @@ Methods: ``proxskip`` (dense), ``sparse-proxskip`` (client TopK + STE), ``sparse
 (the same with ``local = true``), ``sparse-proxskip-server`` (server TopK, the failing
 variant), ``fedavg-topk`` (top-k of the delta, no error feedback) and ``ec`` (with error
 feedback), and the ablation ``sparse-proxskip-noh`` (``control_variates = false``: h_i = 0,
-i.e. FedAvg with client-side TopK of the local model). ``run`` is exactly ``python -m fl run --algorithm ALGO --config
-benchmarks/configs/proxskip/TASK.toml --set ...`` (the same :class:`fl.simulation.Simulation`,
-so the same numbers bit for bit; the row's ``equivalent_cli`` spells it out), writing the
-engine's run directory to ``benchmarks/results/tmp/proxskip/ROW`` (not committed). At every
+i.e. FedAvg with client-side TopK of the local model). ``run`` is exactly ``python -m fl run
+--algorithm ALGO --config benchmarks/configs/proxskip/TASK.toml --set ...`` (the same
+:class:`fl.simulation.Simulation`, so the same numbers bit for bit; the row's ``equivalent_cli``
+spells it out), writing the engine's run directory to ``benchmarks/results/tmp/proxskip/ROW``
+(not committed). At every
 evaluated round the runner *also* measures, without touching the run:
 
 * ``pruned_accuracy`` / ``pruned_test_loss``: the global model cut to its k largest entries

@@ -238,6 +238,11 @@ def acceptance(rows: dict) -> list[str]:
     return out
 
 
+def _at_lr(base: str, lr: float) -> str:
+    """The method name of ``base`` (``sparsyfed`` / ``topk-prune``) at start lr ``lr``."""
+    return base if lr == BASE_LR else f"{base}-lr{lr}"
+
+
 def lr_sweep(rows: dict, seeded: dict) -> list[str]:
     """The start-lr sweep as a table, and the accuracy criterion with each method at its best lr."""
     out = []
@@ -245,7 +250,7 @@ def lr_sweep(rows: dict, seeded: dict) -> list[str]:
         table, spread = {}, {}
         for base in ("sparsyfed", "topk-prune"):
             for lr in (BASE_LR,) + LR_SWEEP:
-                r = rows.get((setup, base if lr == BASE_LR else f"{base}-lr{lr}"))
+                r = rows.get((setup, _at_lr(base, lr)))
                 if r is not None:
                     table.setdefault(base, {})[lr] = r[f"accuracy_last{LAST}"]
                     spread[(base, lr)] = r[f"accuracy_last{LAST}_range"]
@@ -266,7 +271,7 @@ def lr_sweep(rows: dict, seeded: dict) -> list[str]:
                         f"of {100 * spread[('sparsyfed', lr_s)]:.2f} / {100 * spread[('topk-prune', lr_t)]:.2f} "
                         f"points between each run's last {LAST} evaluations; one seed)"
                         + (", superseded by the seed repeats below." if all(
-                            (setup, b if lr == BASE_LR else f"{b}-lr{lr}") in seeded
+                            (setup, _at_lr(b, lr)) in seeded
                             for b, lr in (("sparsyfed", lr_s), ("topk-prune", lr_t))) else ".")]
     return out
 
@@ -325,8 +330,8 @@ def readme(runs: dict, rows: dict, plots: list[str], seeded: dict) -> str:
         "",
         "**Scaled down** from the paper (ResNet-18 / CIFAR, 700 rounds): the LeNet-style `small-cnn` (44,426",
         "parameters on MNIST, 48,846 on FEMNIST), 100 rounds on MNIST and 200 on FEMNIST (see the table), CPU,",
-        "seed 0; some FLARE-CNN rows are repeated on seeds 1 and 2 ('Seed repeats' below; a seed draws the",
-        "partition, the client sample, the init and the batches). `mnist_lda0.1_flarecnn` repeats the LDA 0.1",
+        "seed 0; rows repeated on other seeds are under 'Seed repeats' below (a seed draws the partition,",
+        "the client sample, the init and the batches). `mnist_lda0.1_flarecnn` repeats the LDA 0.1",
         "setting with T8's other named model, the FLARE CNN with one softmax (582,026 parameters, 13x the",
         "LeNet; evaluated every 5 rounds), as a step towards the paper's over-parameterised regime (its config",
         "file says why).",
@@ -377,16 +382,16 @@ def readme(runs: dict, rows: dict, plots: list[str], seeded: dict) -> str:
               "  (round-8 accuracy SparsyFed 0.24 vs 0.13, Top-K 0.44 vs 0.20), so the configs use 0.1; the",
               "  start-lr sweep below (0.1 to 0.4, one seed, 100 rounds) checks that the comparison does not hinge",
               "  on that choice.",
-              "* All runs here except the FLARE-CNN SparsyFed start-lr 0.3 rows (seeds 0-2) predate commit",
-              "  54d551e, which fixed a round-1 deviation: while a conv layer was",
-              "  still dense, `fl/powerprop.py` stored the first batch's min |x| as its activation threshold and",
-              "  later round-1 batches dropped the inputs below it (the official code stores no threshold while",
-              "  the sparsity is 0). Round-1 saved-activation densities of 0.99999 in `metrics.jsonl` show it;",
-              "  rounds 2.. are unaffected (every layer is sparse after the round-1 pruning).",
+              "* All runs here except the FLARE-CNN SparsyFed start-lr 0.3 rows (seeds 0-2) predate commit 54d551e,",
+              "  which fixed a round-1 deviation: while a conv layer was still dense, `fl/powerprop.py` stored the",
+              "  first batch's min |x| as its activation threshold and later round-1 batches dropped the inputs",
+              "  below it (the official code stores no threshold while the sparsity is 0). Round-1 saved-activation",
+              "  densities of 0.99999 in `metrics.jsonl` show it; rounds 2.. are unaffected (every layer is sparse",
+              "  after the round-1 pruning).",
               "* Global magnitude pruning on LeNet leaves fc1 (69 % of the weights, smallest init scale) at < 1 %",
               "  density; activation pruning then keeps < 1 % of fc1's saved inputs.",
               "* The `sparsyfed-noact` row (if present) is an ablation and the `*-lrX` rows a start-lr sweep, not",
-              "  part of T8's fixed setting; only the 'best start lr' acceptance line below uses the sweep."]
+              "  part of T8's fixed setting; only the 'best start lr' line and the seed repeats below use the sweep."]
     for setup in SETUPS:
         base, abl = rows.get((setup, "sparsyfed")), rows.get((setup, "sparsyfed-noact"))
         if base is not None and abl is not None:

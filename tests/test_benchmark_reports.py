@@ -84,8 +84,8 @@ def test_a_single_seed_gives_no_repeat_section(seeds):
 @pytest.mark.parametrize("seed, expected", [("0", None), ("2", 2)])
 def test_seed_0_is_the_plain_row_and_other_seeds_get_their_own_directory(monkeypatch, seed, expected):
     seen = {}
-    monkeypatch.setattr(sf, "cmd_run", lambda args: seen.setdefault("seed", args.seed) and 0)
-    sf.main(["run", "--setup", SETUP, "--method", "topk-prune", "--seed", seed])
+    monkeypatch.setattr(sf, "cmd_run", lambda args: seen.update(seed=args.seed) or 0)
+    assert sf.main(["run", "--setup", SETUP, "--method", "topk-prune", "--seed", seed]) == 0
     assert seen["seed"] == expected
     name = sf.run_dir(SETUP, "topk-prune", seen["seed"]).name
     assert name == (f"{SETUP}_topk-prune" if expected is None else f"{SETUP}_topk-prune_seed{expected}")

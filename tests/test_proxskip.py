@@ -152,7 +152,6 @@ def test_ste_gradient_is_taken_at_the_pruned_model():
     assert losses[0] == pytest.approx(float(ref), rel=1e-6)
 
 
-
 def test_the_uplink_point_does_not_depend_on_h_beyond_the_trajectory():
     # With K = 1/p steps, x_K - (gamma/p) h = xbar - gamma sum_t g_t exactly (in real
     # arithmetic): the shift by h cancels, and h_i reaches the uplink TopK only through the
