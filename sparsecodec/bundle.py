@@ -37,6 +37,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ._arrays import as_numpy
 from .abc import Codec
 from .errors import ConfigError, CorruptFrameError, LimitExceededError
 import zlib
@@ -84,7 +85,9 @@ class Schema:
             dt = getattr(x, "dtype", None)
             if dt is None:
                 return np.asarray(x).dtype.name
-            return str(dt).replace("torch.", "") if type(dt).__module__ == "torch" else np.dtype(dt).name
+            if type(dt).__module__ == "torch":   # bfloat16 enters as float32 (see _arrays)
+                return str(dt).replace("torch.", "").replace("bfloat16", "float32")
+            return np.dtype(dt).name
 
         return cls(tuple((str(name), dtype_name(x), tuple(int(d) for d in x.shape))
                          for name, x in tensors.items()))
@@ -156,6 +159,7 @@ def encode_bundle(tensors: Mapping[str, Any], codec: Codec | Mapping[str, Codec]
     """
     if scope not in ("tensor", "global"):
         raise ConfigError(f"scope must be 'tensor' or 'global', got {scope!r}")
+    tensors = {n: as_numpy(x, what=f"tensor {n!r}") for n, x in tensors.items()}
     chosen = global_indices(tensors, codec) if scope == "global" else {}
     w = FrameWriter(SCHEMA_BUNDLE_WIRE_ID if schema is not None else BUNDLE_WIRE_ID, checksum=checksum)
     if schema is not None:
@@ -178,7 +182,10 @@ def encode_bundle(tensors: Mapping[str, Any], codec: Codec | Mapping[str, Codec]
         extra = dict((side or {}).get(name, {}))
         if name in chosen:
             extra["indices"] = chosen[name]
-        result = c._write_body(x, body_w, **extra)
+        try:
+            result = c._write_body(x, body_w, **extra)
+        except ConfigError as exc:   # name the tensor: a bundle holds many
+            raise ConfigError(f"tensor {name!r}: {exc}") from None
         body, sections = body_w.body()
         if schema is not None:
             w.varint(pos, "header")

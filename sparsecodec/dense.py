@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import numpy as np
 import zstandard
 
+from ._arrays import as_numpy
 from .abc import Codec
 from .errors import ConfigError, CorruptFrameError
 from .frame import DTYPE_CODES, FrameReader, FrameWriter
@@ -59,8 +60,11 @@ class Dense(Codec):
         if not 1 <= int(self.level) <= 22:
             raise ConfigError(f"zstd level must be in 1..22, got {self.level}")
 
+    def encode(self, x, **side: Any):
+        return super().encode(as_numpy(x), **side)
+
     def _write_body(self, x, w: FrameWriter, **side: Any) -> None:
-        x = np.asarray(x)
+        x = as_numpy(x)
         if x.dtype.name not in DTYPE_CODES:
             raise ConfigError(f"Dense codes {sorted(DTYPE_CODES)} arrays, got {x.dtype}")
         if x.dtype.kind == "f" and not self.allow_nonfinite:
@@ -78,6 +82,7 @@ class Dense(Codec):
             w.raw(le.view(np.uint8), "values")
 
     def encode_and_reconstruct(self, x, **side: Any):
+        x = as_numpy(x)
         frame = self.encode(x)
         return frame, np.array(x, copy=True)   # lossless: the reconstruction is the input
 

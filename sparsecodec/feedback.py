@@ -31,6 +31,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ._arrays import as_numpy
 from .abc import Codec
 from .errors import ConfigError
 from .frame import Frame
@@ -54,7 +55,7 @@ class ErrorFeedback:
 
     def _accumulate(self, name: str, x) -> np.ndarray:
         """``e += x`` in place (creating ``e = x`` on first use); returns ``e`` (now ``a``)."""
-        x = np.asarray(x)
+        x = as_numpy(x, what=f"tensor {name!r}")
         if x.dtype not in (np.float32, np.float64):
             raise ConfigError(f"error feedback needs float32/float64 tensors, got {x.dtype} for {name!r}")
         from .selection import check_finite
@@ -86,6 +87,7 @@ class ErrorFeedback:
     # -- one tensor ------------------------------------------------------------------------
     def step(self, name: str, x, codec: Codec) -> Frame:
         """Encode ``x + e`` with ``codec``; keep what was not sent. Returns the frame."""
+        x = as_numpy(x, what=f"tensor {name!r}")
         e = self._accumulate(name, x)
         try:
             if hasattr(codec, "encode_sparse"):
@@ -108,6 +110,7 @@ class ErrorFeedback:
         """Error feedback over a whole update sent as one bundle (``scope="global"`` allowed)."""
         from .bundle import encode_bundle
 
+        tensors = {n: as_numpy(x, what=f"tensor {n!r}") for n, x in tensors.items()}
         acc = {name: self._accumulate(name, x) for name, x in tensors.items()}
         sent: dict[str, Any] = {}
         try:

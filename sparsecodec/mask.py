@@ -49,6 +49,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ._arrays import as_numpy
 from .abc import Codec
 from .errors import ConfigError, CorruptFrameError
 from .frame import Frame, FrameReader, FrameWriter
@@ -83,7 +84,7 @@ def _model_byte(model: int, lanes: int) -> int:
 
 def _flat_mask(x) -> tuple[np.ndarray, np.ndarray]:
     """(the array, its flat uint8 view); bool and uint8 only (0/1 checked while coding)."""
-    mask = np.asarray(x)
+    mask = as_numpy(x, what="the mask")
     if mask.dtype not in _MASK_DTYPES:
         raise ConfigError(f"MaskCodec codes bool or uint8 (0/1) masks, got dtype {mask.dtype}; "
                           "convert with mask.astype(bool)")
@@ -109,6 +110,9 @@ class MaskCodec(Codec):
     def __post_init__(self) -> None:
         if self.lanes not in (0, 1, 2):
             raise ConfigError(f"lanes must be 0 (automatic), 1 or 2, got {self.lanes!r}")
+
+    def encode(self, x, **side: Any) -> Frame:
+        return super().encode(as_numpy(x, what="the mask"), **side)
 
     def _write_body(self, x, w: FrameWriter, *, p=None) -> None:
         mask, flat = _flat_mask(x)
@@ -136,6 +140,7 @@ class MaskCodec(Codec):
             w.raw(payload, "mask")
 
     def encode_and_reconstruct(self, x, **side: Any) -> tuple[Frame, np.ndarray]:
+        x = as_numpy(x, what="the mask")
         frame = self.encode(x, **side)
         return frame, np.array(x, copy=True)     # lossless: the reconstruction is the input
 

@@ -75,7 +75,9 @@ def _as_vector(x, name: str, any_shape: bool = False) -> np.ndarray:
             and x.flags.c_contiguous):
         return x                 # the common case, checked cheaply: small inputs notice
     if not isinstance(x, np.ndarray):
-        raise ConfigError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
+        from ._arrays import as_numpy
+
+        x = as_numpy(x, what=name)
     dt = x.dtype
     if dt.kind != "f" or dt.itemsize not in _KEYSPACES:
         raise ConfigError(f"{name} must have dtype float32 or float64, got {dt}")

@@ -11,7 +11,8 @@ Frame body (after the 5-byte preamble, see :mod:`sparsecodec.frame`)::
 How k is chosen (``k_rule``, applied per tensor, or once over a whole bundle with
 ``scope="global"``):
 
-* ``k=<int>``: exactly that many (capped at numel when ``cap_k=True``, the default for bundles);
+* ``k=<int>``: exactly that many; a tensor with fewer than k entries is a ``ConfigError``
+  (in a bundle it names the tensor): use ``density=...`` when a model has small tensors;
 * ``k="nnz"``: all non-zeros of an already-sparse tensor (exact, lossless for fp32);
 * ``density=<fraction>`` with ``k_rule="round"`` (round-half-even of numel*density),
   ``"ceil"``, or ``"flare"``: ``round_half_even(numel*density) + 1`` capped at numel, the
@@ -40,6 +41,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ._arrays import as_numpy
 from .abc import Codec
 from .errors import ConfigError, CorruptFrameError
 from .frame import Frame, FrameReader, FrameWriter
@@ -126,7 +128,7 @@ class TopK(Codec):
 
     # -- encoding --------------------------------------------------------------------------
     def _flat_input(self, x) -> np.ndarray:
-        x = np.asarray(x)
+        x = as_numpy(x)
         if x.dtype not in _FLOATS:
             raise ConfigError(f"TopK encodes float32/float64 arrays, got {x.dtype}; convert with x.astype(np.float32)")
         return x
@@ -148,11 +150,15 @@ class TopK(Codec):
             idx = np.ascontiguousarray(indices, dtype=np.int64)
             if not self.allow_nonfinite:
                 check_finite(flat)
-        coder = self.index if self.index != "auto" else choose_index_coder(idx, flat.size)
-        payload = encode_indices(idx, flat.size, coder)
-        vbytes, vhat = encode_values(flat[idx], self.values, allow_nonfinite=self.allow_nonfinite)
+        return self._write_selected(w, x.dtype, x.shape, idx, flat[idx])
+
+    def _write_selected(self, w: FrameWriter, dtype, shape, idx: np.ndarray, vals: np.ndarray) -> tuple:
+        numel = int(np.prod(shape, dtype=np.int64))
+        coder = self.index if self.index != "auto" else choose_index_coder(idx, numel)
+        payload = encode_indices(idx, numel, coder)
+        vbytes, vhat = encode_values(vals, self.values, allow_nonfinite=self.allow_nonfinite)
         config = INDEX_CODERS[coder] | (VALUE_CODERS[self.values] << 4) | (0x80 if self.allow_nonfinite else 0)
-        w.tensor_header(x.dtype, x.shape)
+        w.tensor_header(dtype, shape)
         w.u8(config, "header")
         w.varint(idx.size, "index")
         w.raw(payload, "index")
@@ -164,15 +170,58 @@ class TopK(Codec):
 
         Error feedback uses this to update its residual in place without building ``x_hat``.
         """
+        x = as_numpy(x)
         w = FrameWriter(self.wire_id, checksum=self.checksum)
         idx, vhat = self._write_body(x, w, indices=indices)
         frame = w.finish(numel=int(np.size(x)), codec_id=self.codec_id,
                          meta={"k": int(idx.size)})
         return frame, idx, vhat
 
+    def encode_given(self, indices, values, numel: int | None = None, *,
+                     shape: tuple[int, ...] | None = None, dtype="float32") -> Frame:
+        """Encode a selection made elsewhere (e.g. ``torch.topk`` on a GPU, moved to the CPU).
+
+        ``indices`` are flat positions (any order, no repeats) into a tensor of ``numel``
+        entries (or of ``shape``); ``values[i]`` is the entry at ``indices[i]``; ``dtype``
+        (float32 or float64) is the dtype the decoder returns. This codec's ``k`` rule is not
+        applied: ``len(indices)`` entries are sent. Index and value coders are this codec's.
+
+        >>> import numpy as np, sparsecodec as sc
+        >>> f = sc.TopK(k=2).encode_given([7, 1], np.array([3.0, -1.0], np.float32), numel=8)
+        >>> sc.decode(bytes(f)).tolist()
+        [0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0]
+        """
+        dt = np.dtype(str(dtype).replace("torch.", ""))
+        if dt not in _FLOATS:
+            raise ConfigError(f"dtype must be float32 or float64, got {dt}")
+        if shape is None:
+            if numel is None:
+                raise ConfigError("give numel=<size of the flat tensor> or shape=<its shape>")
+            shape = (int(numel),)
+        shape = tuple(int(d) for d in shape)
+        if numel is not None and int(numel) != int(np.prod(shape, dtype=np.int64)):
+            raise ConfigError(f"numel={numel} does not match shape {shape}")
+        idx = as_numpy(indices, what="indices").reshape(-1)
+        vals = as_numpy(values, what="values").reshape(-1)
+        if idx.dtype.kind not in "iu":
+            raise ConfigError(f"indices must be integers, got {idx.dtype}")
+        if vals.dtype.kind != "f":
+            raise ConfigError(f"values must be floats, got {vals.dtype}")
+        if idx.size != vals.size:
+            raise ConfigError(f"{idx.size} indices but {vals.size} values; give one value per index")
+        order = np.argsort(idx, kind="stable")
+        idx = np.ascontiguousarray(idx[order], dtype=np.int64)
+        vals = vals[order].astype(dt, copy=False)
+        if not self.allow_nonfinite:
+            check_finite(vals, name="values")
+        w = FrameWriter(self.wire_id, checksum=self.checksum)
+        self._write_selected(w, dt, shape, idx, vals)
+        return w.finish(numel=int(np.prod(shape, dtype=np.int64)), codec_id=self.codec_id,
+                        meta={"k": int(idx.size)})
+
     def encode_and_reconstruct(self, x, **side: Any) -> tuple[Frame, np.ndarray]:
+        x = as_numpy(x)
         frame, idx, vhat = self.encode_sparse(x, **side)
-        x = np.asarray(x)
         x_hat = np.zeros(x.shape, x.dtype)
         x_hat.reshape(-1)[idx] = vhat
         return frame, x_hat
