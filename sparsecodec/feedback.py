@@ -106,16 +106,30 @@ class ErrorFeedback:
 
     # -- a whole model update --------------------------------------------------------------
     def step_bundle(self, tensors: Mapping[str, Any], codec: Codec | Mapping[str, Codec], *,
-                    scope: str = "tensor", checksum: bool = True, schema=None) -> Frame:
-        """Error feedback over a whole update sent as one bundle (``scope="global"`` allowed)."""
+                    scope: str = "tensor", checksum: bool = True, schema=None, spec=None) -> Frame:
+        """Error feedback over a whole update sent as one bundle (``scope="global"`` allowed).
+
+        With ``spec`` (a :class:`~sparsecodec.MessageSpec` both ends hold) the message is a
+        compact one (:func:`~sparsecodec.encode_packed`); ``codec`` and ``scope`` must then
+        be the spec's.
+        """
         from .bundle import encode_bundle
 
+        if spec is not None and (schema is not None or spec.scope != scope
+                                 or _configs(spec, tensors) != _configs(codec, tensors)):
+            raise ConfigError("step_bundle(spec=...): codec and scope must be the spec's, and no schema=")
         tensors = {n: as_numpy(x, what=f"tensor {n!r}") for n, x in tensors.items()}
         acc = {name: self._accumulate(name, x) for name, x in tensors.items()}
         sent: dict[str, Any] = {}
         try:
-            frame = encode_bundle(acc, codec, scope=scope, checksum=checksum, schema=schema,
-                                  on_encoded=lambda n, r: sent.__setitem__(n, r))
+            if spec is not None:
+                from .packed import encode_packed
+
+                frame = encode_packed(acc, spec, checksum=checksum,
+                                      on_encoded=lambda n, r: sent.__setitem__(n, r))
+            else:
+                frame = encode_bundle(acc, codec, scope=scope, checksum=checksum, schema=schema,
+                                      on_encoded=lambda n, r: sent.__setitem__(n, r))
         except Exception:
             for name, x in tensors.items():
                 np.subtract(acc[name], x, out=acc[name])
@@ -128,8 +142,10 @@ class ErrorFeedback:
             else:   # a codec without a sparse reconstruction: use what the receiver will see
                 if decoded is None:
                     from .bundle import decode_bundle
+                    from .packed import decode_packed
 
-                    decoded = decode_bundle(bytes(frame), schema=schema)
+                    decoded = (decode_packed(bytes(frame), spec) if spec is not None
+                               else decode_bundle(bytes(frame), schema=schema))
                 np.subtract(e, decoded[name], out=e)
         return frame
 
@@ -151,3 +167,13 @@ class ErrorFeedback:
         except (KeyError, TypeError):
             raise ConfigError("state must be the dict returned by ErrorFeedback.state_dict()") from None
         self._residuals = {str(k): np.array(v, copy=True, order="C") for k, v in residuals.items()}
+
+
+def _configs(codec, names) -> dict:
+    """Each tensor's codec config (a spec, one codec, or a mapping name -> codec)."""
+    from .bundle import _codec_for
+    from .packed import MessageSpec
+
+    if isinstance(codec, MessageSpec):
+        codec = codec.codec
+    return {n: _codec_for(codec, n).get_config() for n in names}
