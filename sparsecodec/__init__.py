@@ -39,6 +39,7 @@ _LAZY = {
     "ErrorFeedback": "feedback",
     "encode_bundle": "bundle", "decode_bundle": "bundle", "Bundle": "bundle", "Schema": "bundle",
     "decode": "generic",
+    "inspect_frame": "inspect", "inspect_bundle": "inspect", "inspect_message": "inspect",
     "MessageSpec": "packed", "encode_packed": "packed", "decode_packed": "packed",
     "bounds": None, "testing": None, "indices": None, "values": None,
 }
