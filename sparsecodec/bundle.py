@@ -33,6 +33,8 @@ Example:
 
 from __future__ import annotations
 
+import zlib
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -40,11 +42,9 @@ import numpy as np
 from ._arrays import as_numpy
 from .abc import Codec
 from .errors import ConfigError, CorruptFrameError, LimitExceededError
-import zlib
-from dataclasses import dataclass, field
-
 from .frame import (BUNDLE_WIRE_ID, DEFAULT_MAX_NUMEL, SCHEMA_BUNDLE_WIRE_ID, Frame, FrameReader,
                     FrameWriter)
+from .generic import check_side, side_keys
 from .registry import codec_for_wire_id
 
 __all__ = ["encode_bundle", "decode_bundle", "Bundle", "Schema"]
@@ -252,8 +252,10 @@ def _read_entries(r: FrameReader, max_numel: int, side: Mapping[str, Mapping[str
         sub = FrameReader(r.buf, max_numel=budget, body_only=True, start=start, end=start + body_len,
                           known=known)
         cls = codec_for_wire_id(sub.wire_id)
+        extra = {k: v for k, v in dict(side.get(name) or {}).items() if v is not None}
+        check_side(f"a bundle whose entry {name!r} is a {cls.codec_id!r} body", side_keys(cls), extra)
         try:
-            arr = cls._read_body(sub, **dict(side.get(name, {})))
+            arr = cls._read_body(sub, **extra)
         except LimitExceededError as exc:
             raise LimitExceededError(f"bundle exceeds max_numel={max_numel} in entry {name!r}: {exc}") from None
         sub.expect_end()

@@ -32,9 +32,9 @@ import zstandard
 from ._arrays import as_numpy
 from .abc import Codec
 from .errors import ConfigError, CorruptFrameError
+from ._kernels.varint import zstd_blocks_end
 from .frame import DTYPE_CODES, FrameReader, FrameWriter
 from .registry import register_codec
-from .selection import check_finite
 
 __all__ = ["Dense"]
 
@@ -68,16 +68,13 @@ class Dense(Codec):
         if x.dtype.name not in DTYPE_CODES:
             raise ConfigError(f"Dense codes {sorted(DTYPE_CODES)} arrays, got {x.dtype}")
         if x.dtype.kind == "f" and not self.allow_nonfinite:
-            if x.dtype.itemsize >= 4:
-                check_finite(x.reshape(-1))
-            elif not np.isfinite(x).all():
-                raise ConfigError("Dense got NaN/Inf; clean the tensor or pass allow_nonfinite=True")
+            _check_finite_input(x)
         le = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<")).reshape(-1)
         w.tensor_header(x.dtype, x.shape)
         w.u8((1 if self.compression == "zstd" else 0) | (0x80 if self.allow_nonfinite else 0), "header")
         if self.compression == "zstd":
             shuffled = le.view(np.uint8).reshape(-1, x.dtype.itemsize).T.copy()
-            w.raw(zstandard.ZstdCompressor(level=int(self.level)).compress(shuffled.tobytes()), "values")
+            w.raw(zstandard.ZstdCompressor(level=int(self.level)).compress(shuffled), "values")
         else:
             w.raw(le.view(np.uint8), "values")
 
@@ -87,7 +84,9 @@ class Dense(Codec):
         return frame, np.array(x, copy=True)   # lossless: the reconstruction is the input
 
     @classmethod
-    def _read_body(cls, r: FrameReader, out: np.ndarray | None = None) -> np.ndarray:
+    def _read_body(cls, r: FrameReader, out: np.ndarray | None = None, **side: Any) -> np.ndarray:
+        if side:
+            raise ConfigError(f"Dense takes no side information, got {', '.join(sorted(side))}=")
         dtype, shape, numel = r.tensor_header()
         config = r.u8("config byte")
         if config & ~0x81:
@@ -95,27 +94,129 @@ class Dense(Codec):
         nbytes = numel * dtype.itemsize
         if config & 1:
             blob = r.take_rest()
-            try:
-                raw = zstandard.ZstdDecompressor().decompress(bytes(blob), max_output_size=nbytes,
-                                                             allow_extra_data=False)
-            except zstandard.ZstdError as exc:
-                raise CorruptFrameError(f"dense zstd payload is corrupt: {exc}") from None
-            if len(raw) != nbytes:
-                raise CorruptFrameError(f"dense payload decompresses to {len(raw)} bytes, expected {nbytes}")
-            arr = np.frombuffer(raw, np.uint8).reshape(dtype.itemsize, numel).T
-            arr = np.ascontiguousarray(arr).view(dtype.newbyteorder("<")).reshape(-1)
+            _check_zstd_container(blob, nbytes)     # before the output is allocated
+            result = _target(out, dtype, shape)
+            _unshuffle_zstd(blob, result.reshape(-1), nbytes)
         else:
             if r.remaining != nbytes:
                 raise CorruptFrameError(
                     f"dense payload is {r.remaining} bytes, the header's shape {shape} needs {nbytes}")
-            arr = np.frombuffer(r.take(nbytes, "values"), dtype.newbyteorder("<"))
-        if dtype == np.bool_ and arr.size and arr.view(np.uint8).max() > 1:
+            result = _target(out, dtype, shape)
+            result.reshape(-1)[...] = np.frombuffer(r.take(nbytes, "values"), dtype.newbyteorder("<"))
+        flat = result.reshape(-1)
+        if dtype == np.bool_ and flat.size and flat.view(np.uint8).max() > 1:
             raise CorruptFrameError("bool payload holds bytes other than 0/1")
-        if dtype.kind == "f" and not config & 0x80 and arr.size and not np.isfinite(arr).all():
+        if dtype.kind == "f" and not config & 0x80 and not _all_finite(flat):
             raise CorruptFrameError("frame holds NaN/Inf but was not written with allow_nonfinite=True")
-        if out is None:
-            return arr.astype(dtype).reshape(shape)
-        if out.shape != tuple(shape) or out.dtype != dtype:
+        if out is not None and result is not out:
+            out[...] = result
+            return out
+        return result
+
+
+def _check_finite_input(x: np.ndarray) -> None:
+    """NaN/Inf in a tensor given to Dense is misuse: say which and where (flat C index)."""
+    flat = x.reshape(-1)
+    step = 1 << 20
+    for i in range(0, flat.size, step):
+        bad = np.flatnonzero(~np.isfinite(flat[i:i + step]))
+        if bad.size:
+            j = i + int(bad[0])
+            raise ConfigError(
+                f"Dense got {flat[j]} at flat index {j}: a lossless dense frame holds finite "
+                "values unless written by Dense(allow_nonfinite=True); clean the tensor "
+                "(np.nan_to_num) or pass allow_nonfinite=True")
+
+
+def _target(out: np.ndarray | None, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """The array decoded into: ``out`` itself when it is a contiguous match, else a new one."""
+    if out is not None:
+        if not isinstance(out, np.ndarray) or out.shape != tuple(shape) or out.dtype != dtype:
             raise ConfigError(f"out must be a {dtype} array of shape {tuple(shape)}")
-        out[...] = arr.reshape(shape)
-        return out
+        if not out.flags.writeable:
+            raise ConfigError("out must be writable")
+        if out.flags.c_contiguous:
+            return out
+    return np.empty(shape, dtype)
+
+
+def _all_finite(flat: np.ndarray) -> bool:
+    """NaN/Inf check in slices, so a big tensor needs no tensor-sized boolean temporary."""
+    step = 1 << 20
+    return all(bool(np.isfinite(flat[i:i + step]).all()) for i in range(0, flat.size, step))
+
+
+# zstd frames (RFC 8878): a block holds at most 128 KiB of output and takes at least its
+# 3-byte header, so a payload of n bytes can never decompress to more than n / 3 * 128 KiB.
+_ZSTD_BLOCK_MAX = 1 << 17
+_CHUNK = 1 << 20
+
+
+def _check_zstd_container(blob: memoryview, nbytes: int) -> None:
+    """Refuse a zstd payload that cannot be the header's tensor before allocating for it.
+
+    The frame must declare its content size (our encoder always does) and it must equal
+    the tensor's byte count; it must name no dictionary; its blocks must end exactly at the
+    end of the payload (python-zstandard ignores trailing bytes); and its length must be able
+    to hold ``nbytes`` of output at zstd's highest possible ratio.
+    """
+    try:
+        params = zstandard.get_frame_parameters(blob)
+        header = zstandard.frame_header_size(blob)
+    except zstandard.ZstdError as exc:
+        raise CorruptFrameError(f"dense zstd payload has no valid zstd frame header: {exc}") from None
+    if params.content_size == zstandard.CONTENTSIZE_UNKNOWN:
+        raise CorruptFrameError("dense zstd payload does not declare its content size")
+    if params.content_size != nbytes:
+        raise CorruptFrameError(f"dense zstd payload declares {params.content_size} bytes of "
+                                f"content, the header's shape needs {nbytes}")
+    if params.dict_id:
+        raise CorruptFrameError(f"dense zstd payload names dictionary {params.dict_id}; none is used")
+    if nbytes > len(blob) // 3 * _ZSTD_BLOCK_MAX:
+        raise CorruptFrameError(f"a {len(blob)}-byte zstd payload cannot decompress to {nbytes} bytes")
+    end = zstd_blocks_end(np.frombuffer(blob, np.uint8), header)
+    if end < 0:
+        raise CorruptFrameError("dense zstd payload: truncated or reserved block")
+    end += 4 if params.has_checksum else 0
+    if end != len(blob):
+        raise CorruptFrameError(f"dense zstd payload: the zstd frame ends at byte {end} of "
+                                f"{len(blob)} (truncated or trailing bytes)")
+
+
+def _unshuffle_zstd(blob: memoryview, flat: np.ndarray, nbytes: int) -> None:
+    """Stream-decompress the byte planes straight into ``flat``'s bytes (little-endian).
+
+    The output never exceeds ``nbytes`` (the read stops there and zstd checks the declared
+    content size), and memory beyond ``flat`` is one chunk plus zstd's window, which it
+    bounds by the declared content size: a valid frame needs about 1x its output, at most 2x.
+    """
+    itemsize = flat.dtype.itemsize
+    numel = flat.size
+    planes = flat.view(np.uint8).reshape(numel, itemsize)     # planes[:, j] is byte plane j
+    direct = itemsize == 1                                     # no shuffle: decode in place
+    chunk = None if direct else np.empty(min(_CHUNK, nbytes), np.uint8)
+    reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=False)
+    pos = 0
+    try:
+        while pos < nbytes:
+            want = min(_CHUNK, nbytes - pos)
+            target = planes.reshape(-1)[pos:pos + want] if direct else chunk[:want]
+            got = reader.readinto(memoryview(target))
+            if got <= 0:
+                raise CorruptFrameError(f"dense zstd payload ends after {pos} of {nbytes} bytes")
+            if not direct:
+                done = 0
+                while done < got:            # a chunk may straddle two byte planes
+                    plane, off = divmod(pos + done, numel)
+                    m = min(got - done, numel - off)
+                    planes[off:off + m, plane] = chunk[done:done + m]
+                    done += m
+            pos += got
+        if reader.read(1):
+            raise CorruptFrameError(f"dense zstd payload decompresses to more than {nbytes} bytes")
+    except zstandard.ZstdError as exc:
+        raise CorruptFrameError(f"dense zstd payload is corrupt: {exc}") from None
+    finally:
+        reader.close()
+    if not np.dtype(flat.dtype).newbyteorder("<").isnative:
+        flat.byteswap(inplace=True)          # the planes are little-endian on the wire

@@ -22,6 +22,7 @@ __all__ = [
     "ChecksumError",
     "CorruptFrameError",
     "LimitExceededError",
+    "SideInfoMismatchError",
 ]
 
 
@@ -59,3 +60,12 @@ class CorruptFrameError(FrameError):
 
 class LimitExceededError(FrameError):
     """The frame declares more elements than the caller's ``max_numel`` allows."""
+
+
+class SideInfoMismatchError(FrameError):
+    """The frame's codec does not take the side information the caller offered.
+
+    E.g. ``decode(data, p=probs)`` on a frame that names the ``dense`` codec, or a mask frame
+    coded with the adaptive model: the caller's ``p`` is right for the protocol, so it is the
+    (possibly hostile) bytes that do not fit, and the message names the mismatch.
+    """

@@ -39,7 +39,7 @@ Example:
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
@@ -89,6 +89,7 @@ DEFAULT_MAX_NUMEL = 1 << 28
 # dtype codes on the wire. Stable: never renumber, only append.
 DTYPE_CODES: dict[str, int] = {"float32": 1, "float64": 2, "float16": 3, "bool": 4, "uint8": 5}
 _DTYPE_FROM_CODE = {v: np.dtype(k) for k, v in DTYPE_CODES.items()}
+_INTP_MAX = int(np.iinfo(np.intp).max)
 
 
 def _crc8_table() -> list[int]:
@@ -127,30 +128,57 @@ def encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
-@dataclass(frozen=True)
-class Frame:
+class Frame(bytes):
     """An encoded message: the bytes that travel plus their exact bit breakdown.
 
-    ``bytes(frame)`` is what goes on the wire. ``frame.sections`` maps section name to bits
-    and sums to ``frame.nbits == 8 * len(bytes(frame))``.
+    A frame *is* its wire bytes: ``Frame`` subclasses :class:`bytes`, so it is bytes-like
+    (buffer protocol, ``memoryview(frame)``, ``codec.decode(codec.encode(x))``, numcodecs,
+    sockets) on every supported Python, and ``bytes(frame)`` is a plain ``bytes`` copy.
+    ``frame.sections`` maps section name to bits and sums to
+    ``frame.nbits == 8 * len(frame)``. Equality is equality of the bytes.
+
+    >>> import numpy as np, sparsecodec as sc
+    >>> codec = sc.Dense()
+    >>> frame = codec.encode(np.arange(3, dtype=np.float32))
+    >>> codec.decode(frame).tolist(), memoryview(frame).nbytes, type(bytes(frame)).__name__
+    ([0.0, 1.0, 2.0], 23, 'bytes')
     """
 
-    data: bytes
+    # bytes subclasses cannot have non-empty __slots__: the attributes live in __dict__ and
+    # __setattr__ keeps them read-only, as the frozen dataclass this replaced did.
     sections: Mapping[str, int]
     numel: int
     codec_id: str
-    meta: Mapping[str, object] = field(default_factory=dict)
+    meta: Mapping[str, object]
 
-    def __bytes__(self) -> bytes:
-        return self.data
+    def __new__(cls, data, sections: Mapping[str, int], numel: int, codec_id: str,
+                meta: Mapping[str, object] | None = None) -> "Frame":
+        self = super().__new__(cls, data)
+        set_ = object.__setattr__
+        set_(self, "sections", dict(sections))
+        set_(self, "numel", int(numel))
+        set_(self, "codec_id", str(codec_id))
+        set_(self, "meta", dict(meta or {}))
+        return self
 
-    def __len__(self) -> int:
-        return len(self.data)
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Frame is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Frame is immutable: cannot delete {name!r}")
+
+    def __reduce__(self):
+        return (Frame, (bytes(self), dict(self.sections), self.numel, self.codec_id, dict(self.meta)))
+
+    @property
+    def data(self) -> bytes:
+        """The wire bytes as a plain :class:`bytes` (a copy; the frame itself is bytes-like)."""
+        return bytes(self)
 
     @property
     def nbits(self) -> int:
         """Exact size in bits: ``8 * len(bytes(self))``."""
-        return 8 * len(self.data)
+        return 8 * len(self)
 
     @property
     def bpp(self) -> float:
@@ -247,8 +275,7 @@ class FrameWriter:
         if self._checksum:
             crc = zlib.crc32(self._buf) & 0xFFFFFFFF
             self.raw(crc.to_bytes(4, "little"), "checksum")
-        sections = {k: v for k, v in self._sections.items()}
-        return Frame(bytes(self._buf), sections, int(numel), codec_id, dict(meta or {}))
+        return Frame(self._buf, self._sections, int(numel), codec_id, meta)
 
 
 class FrameReader:
@@ -385,14 +412,22 @@ class FrameReader:
         if code not in _DTYPE_FROM_CODE:
             raise CorruptFrameError(f"unknown dtype code {code}")
         shape = tuple(int.from_bytes(raw[i * width:(i + 1) * width], "little") for i in range(ndim))
-        numel = 1
+        dtype = _DTYPE_FROM_CODE[code]
+        numel, span = 1, dtype.itemsize
         for d in shape:
             numel *= d
+            span *= max(d, 1)
+        # numpy holds a shape only if the item size times the product of its non-zero
+        # dimensions fits in an intp; a zero-size shape such as (0, 2**63) passes max_numel,
+        # so it is refused here rather than as a ValueError from inside numpy.
+        if span > _INTP_MAX:
+            raise CorruptFrameError(f"frame declares shape {shape}, which no array can have "
+                                    f"(the dimensions overflow a {_INTP_MAX.bit_length() + 1}-bit size)")
         if numel > self.max_numel:
             raise LimitExceededError(
                 f"frame declares shape {shape} = {numel} elements, more than max_numel="
                 f"{self.max_numel}; pass a larger max_numel to decode() if this is intended")
-        return _DTYPE_FROM_CODE[code], shape, numel
+        return dtype, shape, numel
 
 
 @dataclass(frozen=True)

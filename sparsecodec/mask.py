@@ -51,7 +51,7 @@ import numpy as np
 
 from ._arrays import as_numpy
 from .abc import Codec
-from .errors import ConfigError, CorruptFrameError
+from .errors import ConfigError, CorruptFrameError, SideInfoMismatchError
 from .frame import Frame, FrameReader, FrameWriter
 from .models import (MODEL_ADAPTIVE, MODEL_FIXED, MODEL_NAMES, MODEL_PER_ENTRY, PROB_ONE,
                      as_probability_vector, choose_lanes, decode_adaptive,
@@ -106,6 +106,8 @@ class MaskCodec(Codec):
 
     codec_id: ClassVar[str] = "mask"
     wire_id: ClassVar[int] = 3
+    #: side information the decoder takes (read by ``sparsecodec.decode`` and bundles)
+    side_keys: ClassVar[tuple[str, ...]] = ("p",)
 
     def __post_init__(self) -> None:
         if self.lanes not in (0, 1, 2):
@@ -115,6 +117,7 @@ class MaskCodec(Codec):
         return super().encode(as_numpy(x, what="the mask"), **side)
 
     def _write_body(self, x, w: FrameWriter, *, p=None) -> None:
+        p = _as_p(p)
         mask, flat = _flat_mask(x)
         n = flat.size
         w.tensor_header(mask.dtype, mask.shape)
@@ -146,6 +149,7 @@ class MaskCodec(Codec):
 
     @classmethod
     def _read_body(cls, r: FrameReader, out: np.ndarray | None = None, *, p=None) -> np.ndarray:
+        p = _as_p(p)
         dtype, shape, numel = r.tensor_header()
         byte = r.u8("mask model byte")
         if _crc4(bytes([byte & 0x0F])) != byte >> 4:
@@ -165,9 +169,12 @@ class MaskCodec(Codec):
                                   "decode(data, p=probs)")
             src = as_probability_vector(p, numel)
         elif model == MODEL_ADAPTIVE and p is not None:
-            raise ConfigError("this mask frame uses the adaptive model (no p); do not pass p")
+            # the caller's p fits its protocol; it is the frame that is of another kind
+            raise SideInfoMismatchError("this mask frame uses the adaptive model, which takes "
+                                        "no p, but p= was passed: do not pass p for it")
         elif model == MODEL_FIXED and p is not None and np.ndim(p) != 0:
-            raise ConfigError("this mask frame uses one fixed p (in the frame), not a vector")
+            raise SideInfoMismatchError("this mask frame uses one fixed p (in the frame), but a "
+                                        "per-entry vector p= was passed")
         if model == MODEL_ADAPTIVE:
             ones = r.varint("count of ones", numel)
         elif model == MODEL_FIXED:
@@ -195,6 +202,21 @@ class MaskCodec(Codec):
             out[...] = target
             return out
         return target
+
+
+def _as_p(p):
+    """``p`` as None or a numpy array (torch tensors and array-likes too, bf16 widened).
+
+    It must be a real number or a real array: a string such as ``"0.2"`` is misuse, not a
+    number to parse.
+    """
+    if p is None:
+        return None
+    arr = None if isinstance(p, (str, bytes, bytearray)) else as_numpy(p, what="p")
+    if arr is None or arr.dtype.kind not in "fiub":
+        raise ConfigError(f"p must be a number in [0, 1] or a per-entry array of them, got "
+                          f"{type(p).__name__} {p!r:.40}")
+    return arr
 
 
 def _output(out: np.ndarray | None, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:

@@ -48,6 +48,10 @@ def _bf16_bits(v32: np.ndarray) -> np.ndarray:
     """float32 -> bfloat16 bit patterns (uint16), round-to-nearest-even."""
     u = v32.view(np.uint32).astype(np.uint64)
     rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+    # Rounding a NaN's payload can carry into the exponent and the sign (0x7FFFFFFF would
+    # become 0x8000, -0.0): a NaN keeps its sign and top payload bits and is made quiet.
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    rounded = np.where(nan, (u >> 16) | 0x0040, rounded)
     return rounded.astype(np.uint16)
 
 
@@ -84,12 +88,14 @@ def _encode(v: np.ndarray, coder: str, allow_nonfinite: bool) -> tuple[bytes, np
 
 def decode_values(data, k: int, coder: str, dtype: np.dtype, *, allow_nonfinite: bool = False) -> np.ndarray:
     """Decode ``k`` values (the caller has checked ``len(data) == k * VALUE_BYTES[coder]``)."""
-    if coder == "bf16":
-        bits = np.frombuffer(data, dtype="<u2", count=k)
-        out = (bits.astype(np.uint32) << 16).view(np.float32).astype(dtype, copy=False)
-    else:
-        wire = {"fp32": "<f4", "fp16": "<f2", "fp64": "<f8"}[coder]
-        with np.errstate(over="ignore", invalid="ignore"):   # non-finite results are rejected below
+    # Widening a signalling NaN raises FloatingPointError under np.seterr(invalid="raise"):
+    # non-finite values are the frame's business, rejected below unless it allows them.
+    with np.errstate(over="ignore", invalid="ignore"):
+        if coder == "bf16":
+            bits = np.frombuffer(data, dtype="<u2", count=k)
+            out = (bits.astype(np.uint32) << 16).view(np.float32).astype(dtype, copy=False)
+        else:
+            wire = {"fp32": "<f4", "fp16": "<f2", "fp64": "<f8"}[coder]
             out = np.frombuffer(data, dtype=wire, count=k).astype(dtype)
     if not allow_nonfinite and k and not np.isfinite(out).all():
         raise CorruptFrameError(

@@ -6,6 +6,7 @@ from hypothesis import given, strategies as st
 
 import sparsecodec as sc
 from sparsecodec.frame import FrameReader, FrameWriter, encode_varint
+from sparsecodec.mask import _model_byte
 
 
 @given(st.integers(0, 2**63 - 1))
@@ -94,3 +95,52 @@ def test_no_single_bit_flip_changes_dtype_or_shape_without_checksum():
                 continue
             assert (dtype, got) == (np.dtype(np.float32), shape), (
                 f"flip of bit {bit} gave {dtype}{got} instead of float32{shape}")
+
+
+# -- issue 16: shapes numpy cannot hold ------------------------------------------------------
+def _empty_body_frame(wire_id: int, dtype, shape, body: bytes) -> bytes:
+    w = FrameWriter(wire_id=wire_id)
+    w.tensor_header(np.dtype(dtype), shape)
+    w.raw(body, "header")
+    return bytes(w.finish(numel=0, codec_id="x"))
+
+
+@pytest.mark.parametrize("shape", [(0, 2**63), (0, 2**64 - 1), (2**62, 0, 4),
+                                   (0, 2**40, 2**40), (2**31, 2**31, 4, 0)])
+def test_zero_size_shapes_numpy_cannot_represent_are_frame_errors(shape):
+    # numel is 0, so max_numel does not stop them; numpy would raise ValueError
+    frames = [_empty_body_frame(2, np.float32, shape, b"\x00"),       # dense, raw, no values
+              _empty_body_frame(1, np.float32, shape, b"\x01\x00"),   # topk, k = 0
+              _empty_body_frame(3, np.bool_, shape,                   # mask, adaptive, 0 ones
+                                bytes([_model_byte(0, 1), 0]))]
+    for data in frames:
+        with pytest.raises(sc.CorruptFrameError, match="no array can have"):
+            sc.decode(data)
+
+
+def test_zero_size_shapes_numpy_can_represent_still_decode():
+    for shape in [(0,), (0, 2**40), (2**20, 0, 2**20)]:
+        got = sc.decode(_empty_body_frame(2, np.float32, shape, b"\x00"))
+        assert got.shape == shape and got.dtype == np.float32
+
+
+# -- issue 17: a Frame is bytes-like -----------------------------------------------------------
+def test_frame_is_bytes_like():
+    import pickle
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for codec in (sc.Dense(), sc.Dense(compression="zstd"), sc.TopK(k=2), sc.MaskCodec()):
+        arr = x > 2 if isinstance(codec, sc.MaskCodec) else x
+        frame = codec.encode(arr)
+        plain = bytes(frame)
+        assert type(plain) is bytes and plain == frame.data == frame
+        assert memoryview(frame).tobytes() == plain and len(frame) == len(plain)
+        for decoded in (codec.decode(frame), sc.decode(frame), sc.decode(memoryview(frame))):
+            assert np.array_equal(decoded, codec.decode(plain))
+        again = pickle.loads(pickle.dumps(frame))
+        assert again == frame and again.sections == frame.sections and again.numel == frame.numel
+        assert frame.nbits == 8 * len(plain) == sum(frame.sections.values())
+    bundle = sc.encode_bundle({"w": x}, sc.TopK(k=2))
+    assert np.array_equal(sc.decode_bundle(bundle)["w"], sc.decode_bundle(bytes(bundle))["w"])
+    with pytest.raises(AttributeError, match="immutable"):
+        frame.numel = 3

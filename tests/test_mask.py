@@ -18,11 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reference_rangecoder as ref
+import sparsecodec as sc
 from sparsecodec import bounds
 from sparsecodec._kernels import enumerative as en
 from sparsecodec._kernels import rangecoder as rc
 from sparsecodec.errors import (ConfigError, CorruptFrameError, FrameError, LimitExceededError,
-                                TruncatedFrameError)
+                                SideInfoMismatchError, TruncatedFrameError)
 from sparsecodec.frame import FrameWriter, encode_varint
 from sparsecodec.mask import MaskCodec, _crc4, _model_byte
 from sparsecodec.models import (LANE_SPLIT_MIN_BITS, PROB_ONE, choose_lanes,
@@ -288,10 +289,25 @@ def test_misuse_raises_config_error_naming_the_fix():
         MaskCodec().encode(np.zeros(3, np.float32))
     with pytest.raises(ConfigError):
         MaskCodec(lanes=3)
+    for bad in ("0.2", b"0.2", ["0.2"] * 100):   # a string is not parsed as a number
+        with pytest.raises(ConfigError, match="p must be a number"):
+            MaskCodec().encode(mask, p=bad)
+        with pytest.raises(ConfigError, match="p must be a number"):
+            MaskCodec().decode(data, p=bad)
+
+
+def test_side_information_the_frame_does_not_take_is_a_frame_error():
+    # the frame picks the model: a caller passing FedPM's p gets a FrameError naming the
+    # mismatch when a (hostile) client sent another kind of mask frame
+    rng = np.random.default_rng(0)
+    mask = rng.random(100) < 0.3
+    probs = rng.random(100)
     adaptive = bytes(MaskCodec().encode(mask))
-    with pytest.raises(ConfigError, match="do not pass p"):
+    with pytest.raises(SideInfoMismatchError, match="do not pass p"):
         MaskCodec().decode(adaptive, p=0.3)
-    with pytest.raises(ConfigError, match="vector"):
+    with pytest.raises(SideInfoMismatchError, match="adaptive"):
+        sc.decode(adaptive, p=probs)
+    with pytest.raises(SideInfoMismatchError, match="vector"):
         MaskCodec().decode(bytes(MaskCodec().encode(mask, p=0.3)), p=probs)
 
 
