@@ -22,8 +22,8 @@ from __future__ import annotations
 import importlib
 
 from .errors import (BadMagicError, ChecksumError, ConfigError, CorruptFrameError, FrameError,
-                     LimitExceededError, SparseCodecError, TruncatedFrameError,
-                     UnsupportedVersionError)
+                     LimitExceededError, SideInfoMismatchError, SparseCodecError,
+                     TruncatedFrameError, UnsupportedVersionError)
 from .frame import DEFAULT_MAX_NUMEL, FORMAT_VERSION, Frame, frame_info
 
 __version__ = "0.1.0"
@@ -47,7 +47,8 @@ _LAZY = {
 __all__ = sorted(
     ["__version__", "FORMAT_VERSION", "DEFAULT_MAX_NUMEL", "Frame", "frame_info",
      "SparseCodecError", "ConfigError", "FrameError", "TruncatedFrameError", "BadMagicError",
-     "UnsupportedVersionError", "ChecksumError", "CorruptFrameError", "LimitExceededError"]
+     "UnsupportedVersionError", "ChecksumError", "CorruptFrameError", "LimitExceededError",
+     "SideInfoMismatchError"]
     + list(_LAZY))
 
 
