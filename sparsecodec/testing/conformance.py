@@ -3,13 +3,29 @@
 ``check_codec(codec)`` runs hypothesis over generated updates and asserts, for each input:
 
 1. exact accounting: ``frame.nbits == 8 * len(bytes(frame)) == sum(frame.sections.values())``;
-2. round trip: ``codec.decode(bytes(frame))`` equals ``encode_and_reconstruct``'s ``x_hat``
-   (same shape, same dtype, same bits), and ``sparsecodec.decode`` agrees;
+2. values: ``codec.decode(bytes(frame))`` has the input's shape and holds the *right* values,
+   judged against something the decoder did not produce:
+
+   * ``lossless=True``: the input itself, bit for bit (same dtype, ``-0.0`` kept);
+   * ``reference=fn``: ``fn(x)``, the reconstruction the codec promises (e.g. a plain numpy
+     quantize-dequantize), exactly, or within ``atol``/``rtol`` when given;
+   * ``atol=``/``rtol=`` alone: the input, within ``|y - x| <= atol + rtol * |x|``;
+   * none of these: ``encode_and_reconstruct``'s ``x_hat`` (same dtype and bits), which is only
+     independent of the decoder when the codec overrides ``encode_and_reconstruct`` (TopK,
+     Dense, MaskCodec do). For a codec that keeps the default, which decodes the frame, the
+     check would compare the decoder with itself, so it refuses with a ConfigError instead;
 3. determinism: encoding twice gives the same bytes;
-4. configuration: ``get_codec(codec.get_config()) == codec`` (the config is JSON-safe);
-5. hostile bytes: every truncation, a trailing byte, and random single-bit flips raise a
+4. configuration: ``from_config(get_config())`` rebuilds an equal codec (the config is
+   JSON-safe);
+5. registry (registered codecs only): ``sparsecodec.decode`` and a bundle round trip give the
+   same array as ``codec.decode``, and ``get_codec(get_config()) == codec``;
+6. hostile bytes: every truncation, a trailing byte, and random single-bit flips raise a
    :class:`sparsecodec.FrameError` subclass, or (flips, checksum off) decode to an array of
    the *same* shape and dtype; with the checksum on every flip must be detected.
+
+An unregistered codec is checked too (property 5 is skipped: nothing could find it by id); its
+``wire_id`` must still be a valid codec id, and a codec whose ``codec_id`` or ``wire_id``
+belongs to another registered class is refused with a ConfigError saying so.
 
 Inputs the codec rejects with :class:`sparsecodec.ConfigError` (say ``k > numel``) are skipped
 with ``hypothesis.assume``; any other exception fails the check.
@@ -18,11 +34,13 @@ Example:
     >>> import sparsecodec as sc
     >>> from sparsecodec.testing import check_codec
     >>> check_codec(sc.TopK(density=0.1), max_examples=5)
+    >>> check_codec(sc.Dense(), max_examples=5, lossless=True)
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any, Callable
 
 import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
@@ -31,7 +49,9 @@ from hypothesis import strategies as st
 from ..errors import ConfigError, FrameError
 from .strategies import update_tensors
 
-__all__ = ["check_codec", "check_frame_properties", "check_hostile_bytes"]
+__all__ = ["check_codec", "check_frame_properties", "check_hostile_bytes", "is_registered"]
+
+Reference = Callable[[np.ndarray], Any]
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -39,23 +59,126 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
             and a.tobytes() == np.ascontiguousarray(b).tobytes())
 
 
-def check_frame_properties(codec, x: np.ndarray, **side) -> None:
-    """Properties 1-4 for one input (raises AssertionError with a reason)."""
+def _first_difference(y: np.ndarray, e: np.ndarray, close: np.ndarray | None = None) -> str:
+    """Where ``y`` and the expected ``e`` first differ, for the assertion message."""
+    if y.shape != e.shape:
+        return f"shape {y.shape} != expected {e.shape}"
+    if close is None:
+        if y.dtype != e.dtype:
+            return f"dtype {y.dtype} != expected {e.dtype}"
+        close = y == e
+        if y.dtype.kind == "f":   # bit equality: -0.0 is not 0.0, NaN is NaN
+            close = (close & (np.signbit(y) == np.signbit(e))) | (np.isnan(y) & np.isnan(e))
+    bad = np.flatnonzero(~np.asarray(close).reshape(-1))
+    if not bad.size:
+        return "same values, different bytes"
+    i = int(bad[0])
+    return (f"{bad.size} of {y.size} values wrong; first at flat index {i}: decoded "
+            f"{y.reshape(-1)[i]!r}, expected {e.reshape(-1)[i]!r}")
+
+
+def _check_values(codec, x: np.ndarray, y: np.ndarray, x_hat: np.ndarray, *, lossless: bool,
+                  reference: Reference | None, atol: float | None, rtol: float | None) -> None:
+    name = type(codec).__name__
+    if atol is None and rtol is None:
+        if lossless or reference is not None:
+            e = x if lossless else np.asarray(reference(x))   # type: ignore[misc]
+            what = "the input (lossless=True)" if lossless else "reference(x)"
+            assert _same(y, e), f"{name}: decode(bytes) differs from {what}: {_first_difference(y, e)}"
+    else:
+        e = np.asarray(reference(x)) if reference is not None else x
+        assert y.shape == e.shape, f"{name}: decoded shape {y.shape} != expected {e.shape}"
+        close = np.isclose(y.astype(np.float64), e.astype(np.float64), rtol=rtol or 0.0,
+                           atol=atol or 0.0, equal_nan=True)
+        assert close.all(), (f"{name}: decode(bytes) is not within atol={atol}, rtol={rtol} of "
+                             f"{'reference(x)' if reference is not None else 'the input'}: "
+                             f"{_first_difference(y, e, close)}")
+    assert _same(y, x_hat), (f"{name}: decode(bytes) differs from encode_and_reconstruct's "
+                             f"x_hat: {_first_difference(y, x_hat)}")
+
+
+def _validate_options(codec, lossless: bool, reference: Reference | None, atol, rtol) -> None:
+    from ..abc import Codec
+
+    if lossless and (reference is not None or atol is not None or rtol is not None):
+        raise ConfigError("lossless=True already fixes the expected values (the input, bit for "
+                          "bit); do not combine it with reference= or atol=/rtol=")
+    if reference is not None and not callable(reference):
+        raise ConfigError("reference= is a function x -> expected reconstruction")
+    for tol in (atol, rtol):
+        if tol is not None and not (isinstance(tol, (int, float)) and tol >= 0):
+            raise ConfigError(f"atol/rtol must be numbers >= 0, got {tol!r}")
+    independent = type(codec).encode_and_reconstruct is not Codec.encode_and_reconstruct
+    if not (lossless or reference is not None or atol is not None or rtol is not None
+            or independent):
+        raise ConfigError(
+            f"check_codec cannot tell right values from wrong ones for {type(codec).__name__}: "
+            "it keeps Codec.encode_and_reconstruct, which decodes the frame, so the round trip "
+            "would compare the decoder with itself. Pass lossless=True, reference=fn (x -> the "
+            "reconstruction the codec promises) or atol=/rtol= (closeness to the input)")
+
+
+def is_registered(codec) -> bool:
+    """Whether ``sparsecodec.decode`` / ``get_codec`` find ``codec``'s own class.
+
+    False for a codec registered under neither id; a ConfigError when its ``codec_id`` or
+    ``wire_id`` belongs to another class (the generic decoder would read its frames with that
+    class), or when its ``wire_id`` is not a valid codec id.
+    """
+    from ..registry import _BY_WIRE, _is_builtin, check_wire_id, registered_codecs
+
+    cls = type(codec)
+    cid = getattr(cls, "codec_id", None)
+    if not isinstance(cid, str) or not cid:
+        raise ConfigError(f"{cls.__name__} needs a non-empty str class attribute codec_id")
+    wire = check_wire_id(getattr(cls, "wire_id", None), cls.__name__, builtin=_is_builtin(cls))
+    by_name, by_wire = registered_codecs().get(cid), _BY_WIRE.get(wire)
+    if by_name is cls and by_wire is cls:
+        return True
+    if by_name is None and by_wire is None:
+        return False
+    taken = [f"{what} is registered by {other.__module__}.{other.__qualname__}"
+             for what, other in ((f"codec_id {cid!r}", by_name), (f"wire id {wire}", by_wire))
+             if other is not None and other is not cls]
+    raise ConfigError(
+        f"{cls.__name__}'s {' and '.join(taken) or 'ids are registered inconsistently'}: "
+        "sparsecodec.decode would read its frames with another class. Give it its own codec_id "
+        "and a free wire_id (64..123) and decorate it with @sparsecodec.register_codec")
+
+
+def check_frame_properties(codec, x: np.ndarray, *, lossless: bool = False,
+                           reference: Reference | None = None, atol: float | None = None,
+                           rtol: float | None = None, registered: bool | None = None,
+                           **side: Any) -> None:
+    """Properties 1-5 for one input (raises AssertionError with a reason).
+
+    ``registered`` (default: looked up with :func:`is_registered`) says whether property 5
+    applies.
+    """
     import sparsecodec as sc
 
+    _validate_options(codec, lossless, reference, atol, rtol)
+    if registered is None:
+        registered = is_registered(codec)
     frame, x_hat = codec.encode_and_reconstruct(x, **side)
     data = bytes(frame)
     assert frame.nbits == 8 * len(data), "nbits must equal 8 * len(bytes(frame))"
     assert sum(frame.sections.values()) == frame.nbits, f"sections {frame.sections} do not sum to nbits"
     assert all(v >= 0 for v in frame.sections.values()), "negative section size"
     y = codec.decode(data, **side)
-    assert _same(y, x_hat), "decode(bytes) differs from encode_and_reconstruct's x_hat"
     assert y.shape == np.shape(x), f"decoded shape {y.shape} != input shape {np.shape(x)}"
-    assert _same(sc.decode(data, **side), y), "sparsecodec.decode differs from codec.decode"
+    _check_values(codec, np.asarray(x), y, x_hat, lossless=lossless, reference=reference,
+                  atol=atol, rtol=rtol)
     assert bytes(codec.encode(x, **side)) == data, "encoding is not deterministic"
     cfg = codec.get_config()
     json.dumps(cfg)
-    assert sc.get_codec(cfg) == codec, "get_codec(get_config()) does not rebuild an equal codec"
+    assert type(codec).from_config(cfg) == codec, "from_config(get_config()) does not rebuild an equal codec"
+    if registered:
+        assert _same(sc.decode(data, **side), y), "sparsecodec.decode differs from codec.decode"
+        assert sc.get_codec(cfg) == codec, "get_codec(get_config()) does not rebuild an equal codec"
+        bundle = sc.encode_bundle({"t": x}, codec, side={"t": side})
+        got = sc.decode_bundle(bytes(bundle), side={"t": side})["t"]
+        assert _same(got, y), "a bundle round trip differs from codec.decode"
 
 
 def check_hostile_bytes(codec, data: bytes, shape, dtype, *, rng: np.random.Generator,
@@ -92,8 +215,16 @@ def check_hostile_bytes(codec, data: bytes, shape, dtype, *, rng: np.random.Gene
 
 
 def check_codec(codec, *, max_examples: int = 50, inputs: st.SearchStrategy | None = None,
-                hostile: bool = True, **side) -> None:
-    """Run the conformance properties against ``codec`` (see the module docstring)."""
+                hostile: bool = True, lossless: bool = False, reference: Reference | None = None,
+                atol: float | None = None, rtol: float | None = None, **side: Any) -> None:
+    """Run the conformance properties against ``codec`` (see the module docstring).
+
+    ``lossless``, ``reference``, ``atol`` and ``rtol`` say what the decoded values must be;
+    ``inputs`` replaces the generated updates (a hypothesis strategy of arrays); ``side`` is
+    passed to every encode and decode.
+    """
+    _validate_options(codec, lossless, reference, atol, rtol)
+    registered = is_registered(codec)
     strategy = inputs if inputs is not None else update_tensors(max_numel=1500)
 
     @settings(max_examples=max_examples, deadline=None, derandomize=True,
@@ -105,7 +236,8 @@ def check_codec(codec, *, max_examples: int = 50, inputs: st.SearchStrategy | No
         except ConfigError:
             assume(False)
             return
-        check_frame_properties(codec, x, **side)
+        check_frame_properties(codec, x, lossless=lossless, reference=reference, atol=atol,
+                               rtol=rtol, registered=registered, **side)
         if hostile:
             check_hostile_bytes(codec, bytes(frame), np.shape(x), np.asarray(x).dtype,
                                 rng=np.random.default_rng(seed), **side)

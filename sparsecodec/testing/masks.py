@@ -127,7 +127,7 @@ def _check_one(codec, mask: np.ndarray, p, rng: np.random.Generator, hostile: bo
     from .conformance import check_frame_properties, check_hostile_bytes
 
     side = {} if p is None else {"p": p}
-    check_frame_properties(codec, mask, **side)
+    check_frame_properties(codec, mask, lossless=True, **side)   # masks are lossless
     frame = codec.encode(mask, **side)
     n = mask.size
     coded = _coded_bits(frame)
