@@ -5,8 +5,15 @@ One preamble, one checksum (on by default), then per tensor its name and a codec
     preamble  magic, version, flags, wire id 0x7F          (header)
     varint    number of entries                            (header)
     per entry varint name length, UTF-8 name, varint body length   (header)
+              [CRC-8, only without the CRC-32: see below]  (header)
               codec body: wire id, dtype/shape, payload     (the codec's own sections)
     CRC-32                                                 (checksum)
+
+``checksum=False`` drops the CRC-32 (4 bytes) but sets the entry-check flag bits and puts a
+CRC-8 after each entry's name and body length (covering, for the first entry, the entry
+count too): one flipped bit can then change a value, but never rename a tensor, move it
+to another schema position or change its dtype or shape (each body's tensor header has its
+own CRC-8). Bundles written before the flag existed have neither and still decode.
 
 With a :class:`Schema` (the names, dtypes and shapes both ends already know: the model's
 architecture), the preamble is followed by the schema's CRC-32 fingerprint and each entry
@@ -43,7 +50,7 @@ from ._arrays import as_numpy
 from .abc import Codec
 from .errors import ConfigError, CorruptFrameError, LimitExceededError
 from .frame import (BUNDLE_WIRE_ID, DEFAULT_MAX_NUMEL, SCHEMA_BUNDLE_WIRE_ID, Frame, FrameReader,
-                    FrameWriter)
+                    FrameWriter, crc8)
 from .generic import check_side, side_keys
 from .registry import codec_for_wire_id
 
@@ -161,9 +168,11 @@ def encode_bundle(tensors: Mapping[str, Any], codec: Codec | Mapping[str, Codec]
         raise ConfigError(f"scope must be 'tensor' or 'global', got {scope!r}")
     tensors = {n: as_numpy(x, what=f"tensor {n!r}") for n, x in tensors.items()}
     chosen = global_indices(tensors, codec) if scope == "global" else {}
-    w = FrameWriter(SCHEMA_BUNDLE_WIRE_ID if schema is not None else BUNDLE_WIRE_ID, checksum=checksum)
+    w = FrameWriter(SCHEMA_BUNDLE_WIRE_ID if schema is not None else BUNDLE_WIRE_ID,
+                    checksum=checksum, entry_checks=not checksum)
     if schema is not None:
         w.raw(schema.fingerprint.to_bytes(4, "little"), "header")
+    entry_start = len(w)            # the first entry check covers the entry count too
     w.varint(len(tensors), "header")
     per_tensor: dict[str, dict[str, int]] = {}
     numel = 0
@@ -193,7 +202,10 @@ def encode_bundle(tensors: Mapping[str, Any], codec: Codec | Mapping[str, Codec]
             w.varint(len(name_b), "header")
             w.raw(name_b, "header")
         w.varint(len(body), "header")
+        if not checksum:
+            w.crc8_since(entry_start, "header")
         w.embed(body, sections)
+        entry_start = len(w)
         per_tensor[name] = sections
         numel += int(np.size(x))
         if on_encoded is not None:
@@ -230,6 +242,7 @@ def _read_entries(r: FrameReader, max_numel: int, side: Mapping[str, Mapping[str
     else:
         schema = None
         count_limit = MAX_ENTRIES
+    entry_start = r.pos
     count = r.varint("entry count", min(count_limit, r.remaining))
     out: dict[str, np.ndarray] = {}
     budget = int(max_numel)
@@ -247,6 +260,11 @@ def _read_entries(r: FrameReader, max_numel: int, side: Mapping[str, Mapping[str
         if name in out:
             raise CorruptFrameError(f"tensor name {name!r} appears twice")
         body_len = r.varint(f"entry {name!r} body length", r.remaining)
+        if r.entry_checks:
+            expected = crc8(bytes(r.buf[entry_start:r.pos]))
+            if r.u8(f"entry {i} CRC-8") != expected:
+                raise CorruptFrameError(f"bundle entry {i} ({name!r}) fails its CRC-8: its name, "
+                                        "position or length was corrupted")
         start = r.pos
         r.take(body_len, f"entry {name!r} body")
         sub = FrameReader(r.buf, max_numel=budget, body_only=True, start=start, end=start + body_len,
@@ -261,6 +279,7 @@ def _read_entries(r: FrameReader, max_numel: int, side: Mapping[str, Mapping[str
         sub.expect_end()
         budget -= arr.size
         out[name] = arr
+        entry_start = r.pos
     r.expect_end()
     return out
 

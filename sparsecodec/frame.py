@@ -7,6 +7,7 @@ Every message sparsecodec produces is a *frame*::
     2       1     format version (FORMAT_VERSION)
     3       1     flags  (bits 0-1 both set: a CRC-32 trailer is present; both clear: none;
                          one set is corrupt, so one flipped bit cannot disable the check;
+                         bits 2-3 likewise: a bundle without CRC-32 carries per-entry CRC-8s;
                          other bits must be zero)
     4       1     codec wire id (see ``sparsecodec.registry``)
     5       ...   codec body (self-describing: dtype, shape, codec parameters, payload)
@@ -75,7 +76,11 @@ CRC_BYTES = 4
 # The checksum flag is two bits that must agree (0b00 or 0b11): a single flipped bit can then
 # never silently turn verification off, it makes the flags byte invalid instead.
 FLAG_CHECKSUM = 0x03
-_KNOWN_FLAGS = FLAG_CHECKSUM
+# A bundle without the CRC-32 guards each entry's name/position and body length with a CRC-8
+# instead, so that one flipped bit cannot rename a tensor. Two agreeing bits again; set only
+# on bundles whose checksum flag is clear (bundles written before it have neither).
+FLAG_ENTRY_CHECKS = 0x0C
+_KNOWN_FLAGS = FLAG_CHECKSUM | FLAG_ENTRY_CHECKS
 BUNDLE_WIRE_ID = 0x7F
 SCHEMA_BUNDLE_WIRE_ID = 0x7E
 MAX_NDIM = 32
@@ -202,7 +207,8 @@ class FrameWriter:
     __slots__ = ("_buf", "_sections", "_checksum", "_body_only", "known")
 
     def __init__(self, wire_id: int | None = None, *, checksum: bool = False,
-                 body_only: bool = False, known: tuple | None = None) -> None:
+                 body_only: bool = False, known: tuple | None = None,
+                 entry_checks: bool = False) -> None:
         # ``known=(dtype, shape)``: both ends already know the tensor's dtype and shape (a
         # bundle schema), so tensor_header() checks them and writes nothing.
         self.known = known
@@ -211,7 +217,9 @@ class FrameWriter:
         self._checksum = checksum
         self._body_only = body_only
         if not body_only:
-            flags = FLAG_CHECKSUM if checksum else 0
+            if entry_checks and (checksum or wire_id not in (BUNDLE_WIRE_ID, SCHEMA_BUNDLE_WIRE_ID)):
+                raise ConfigError("entry_checks is for bundles without a CRC-32")
+            flags = (FLAG_CHECKSUM if checksum else 0) | (FLAG_ENTRY_CHECKS if entry_checks else 0)
             self.raw(MAGIC + bytes([FORMAT_VERSION, flags, wire_id]), "header")
         elif wire_id is not None:
             self.u8(wire_id, "header")
@@ -261,6 +269,10 @@ class FrameWriter:
             int(d).to_bytes(1 << wcode, "little") for d in shape)
         self.raw(head + bytes([crc8(head)]), "header")
 
+    def crc8_since(self, start: int, section: str) -> None:
+        """Append the CRC-8 of the bytes written from offset ``start`` (a bundle entry check)."""
+        self.u8(crc8(bytes(self._buf[start:])), section)
+
     def embed(self, body: bytes, sections: Mapping[str, int]) -> None:
         """Append a codec body written by another (body-only) writer, with its sections."""
         self._buf += body
@@ -285,7 +297,7 @@ class FrameReader:
     Codec bodies are then read field by field; :meth:`expect_end` rejects trailing bytes.
     """
 
-    __slots__ = ("buf", "pos", "end", "wire_id", "has_checksum", "max_numel", "known")
+    __slots__ = ("buf", "pos", "end", "wire_id", "has_checksum", "entry_checks", "max_numel", "known")
 
     def __init__(self, data, *, max_numel: int = DEFAULT_MAX_NUMEL, body_only: bool = False,
                  start: int = 0, end: int | None = None, known: tuple | None = None) -> None:
@@ -299,6 +311,7 @@ class FrameReader:
         self.end = len(buf) if end is None else end
         self.max_numel = int(max_numel)
         self.has_checksum = False
+        self.entry_checks = False
         if body_only:
             self.wire_id = self.u8("codec wire id")
             return
@@ -319,6 +332,10 @@ class FrameReader:
             raise CorruptFrameError(f"unknown flag bits 0x{flags & ~_KNOWN_FLAGS:02x} in frame header")
         if flags & FLAG_CHECKSUM not in (0, FLAG_CHECKSUM):
             raise CorruptFrameError("inconsistent checksum flag bits in frame header (corrupted)")
+        if flags & FLAG_ENTRY_CHECKS not in (0, FLAG_ENTRY_CHECKS) or (
+                flags & FLAG_ENTRY_CHECKS and flags & FLAG_CHECKSUM):
+            raise CorruptFrameError("inconsistent entry-check flag bits in frame header (corrupted)")
+        self.entry_checks = bool(flags & FLAG_ENTRY_CHECKS)
         if flags & FLAG_CHECKSUM:
             if self.end < PREAMBLE_BYTES + CRC_BYTES:
                 raise TruncatedFrameError("truncated frame: no room for its CRC-32 trailer")
@@ -332,6 +349,8 @@ class FrameReader:
             self.has_checksum = True
         self.pos = 4
         self.wire_id = self.u8("codec wire id")
+        if self.entry_checks and self.wire_id not in (BUNDLE_WIRE_ID, SCHEMA_BUNDLE_WIRE_ID):
+            raise CorruptFrameError("the entry-check flag is set on a frame that is not a bundle")
 
     # -- primitive reads -------------------------------------------------------------------
     @property
