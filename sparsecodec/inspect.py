@@ -199,11 +199,11 @@ def _format_table(rep: MessageReport) -> str:
                      "?" if t.shape is None else "x".join(map(str, t.shape)) or "()",
                      f"{t.numel:,}" if t.numel is not None else "?",
                      "-" if t.k is None else f"{t.k:,}", t.index_coder or t.model or "-",
-                     t.value_coder or "-", *[f"{t.sections.get(s, 0):,}" for s in secs],
+                     t.value_coder or "-", *[f"{t.sections[s]:,}" if s in t.sections else "" for s in secs],
                      f"{t.bits:,}", f"{t.bpp:.4g}", _fmt_bits(t.bound_bits), ratio])
     if rep.overhead:
         rows.append([BUNDLE_OVERHEAD, "", "", "", "", "", "", "",
-                     *[f"{rep.overhead.get(s, 0):,}" for s in secs],
+                     *[f"{rep.overhead[s]:,}" if s in rep.overhead else "" for s in secs],
                      f"{sum(rep.overhead.values()):,}", "", "", ""])
     if len(rep.tensors) > 1 or rep.overhead:
         rows.append(["total", "", "", "", f"{rep.numel:,}", "", "", "",
@@ -411,9 +411,12 @@ def _bundle(r: FrameReader, *, schema=None, side=None, **_: Any) -> MessageRepor
         limit = len(schema)
     else:
         schema, limit = None, MAX_ENTRIES
-    pos = r.pos
+    pos = entry_start = r.pos
     count = r.varint("entry count", min(limit, r.remaining))
     over.add("header", r.pos - pos)
+    # without the CRC-32, newer bundles guard each entry's name/position/length with a CRC-8
+    # (frame flag ``entry_checks``; the first one covers the entry count too)
+    entry_checks = bool(getattr(r, "entry_checks", False))
     tensors: list[TensorReport] = []
     seen: set[str] = set()
     budget = r.max_numel
@@ -433,6 +436,13 @@ def _bundle(r: FrameReader, *, schema=None, side=None, **_: Any) -> MessageRepor
             raise CorruptFrameError(f"tensor name {name!r} appears twice")
         seen.add(name)
         length = r.varint(f"entry {name!r} body length", r.remaining)
+        if entry_checks:
+            from .frame import crc8
+
+            expected = crc8(bytes(r.buf[entry_start:r.pos]))
+            if r.u8(f"entry {i} CRC-8") != expected:
+                raise CorruptFrameError(f"bundle entry {i} ({name!r}) fails its CRC-8: its name, "
+                                        "position or length was corrupted")
         over.add("header", r.pos - pos)
         start = r.pos
         r.take(length, f"entry {name!r} body")
@@ -444,6 +454,7 @@ def _bundle(r: FrameReader, *, schema=None, side=None, **_: Any) -> MessageRepor
             raise LimitExceededError(f"bundle exceeds max_numel={r.max_numel} in entry {name!r}: {exc}") from None
         budget -= t.numel or 0
         tensors.append(t)
+        entry_start = r.pos
     r.expect_end()
     if r.has_checksum:
         over.add("checksum", CRC_BYTES)
