@@ -26,6 +26,11 @@ for the dense steps (a formula: the float32 payload one rank contributes to the 
 the bytes a ring or tree algorithm actually moves). The all-gathered sizes (one int64 per
 rank and bucket) are not counted.
 
+A rank that cannot encode its bucket (a NaN or Inf gradient, say) sends an empty frame instead
+of raising alone, which would leave the other ranks waiting in the all-gather forever; then
+every rank raises (``ConfigError``). The failing rank's residual is as it was; the other
+ranks' residuals already hold the step, so reload a checkpoint of the state before going on.
+
 Example (one process, gloo; with several processes each rank runs the same code)::
 
     >>> import os, tempfile, torch, torch.distributed as dist
@@ -189,6 +194,8 @@ def _all_gather_bytes(group: Any, frame: bytes,
     sizes = [torch.empty_like(size) for _ in range(world)]
     dist.all_gather(sizes, size, group=group)
     lengths = [int(s.item()) for s in sizes]
+    if min(lengths) == 0:     # a rank failed to encode: every rank skips the bytes (see topk_hook)
+        return lengths, None, []
     longest = max(lengths)
     mine = torch.zeros(longest, dtype=torch.uint8)
     mine[:len(frame)] = torch.frombuffer(bytearray(frame), dtype=torch.uint8)
@@ -232,7 +239,20 @@ def topk_hook(state: TopKHookState, bucket: dist.GradBucket) -> torch.futures.Fu
     index = bucket.index()
     device = buffer.device
     grad = buffer.detach().cpu()          # a view on CPU, a copy from another device
-    frame = bytes(state.ef.step(str(index), grad, state.codec))
+    try:
+        frame, error = bytes(state.ef.step(str(index), grad, state.codec)), None
+    except Exception as exc:  # noqa: BLE001 - e.g. a NaN gradient (the residual is left as it was)
+        # raising here would leave the other ranks waiting in the all-gather forever: send an
+        # empty frame (a real one is never empty) so that every rank raises together
+        frame, error = b"", exc
+    lengths, work, gathered = _all_gather_bytes(group, frame, device)
+    failed = [rank for rank, n in enumerate(lengths) if n == 0]
+    if failed:
+        if error is not None:
+            raise error
+        raise ConfigError(f"rank(s) {failed} could not encode bucket {index} (their error says "
+                          "why, e.g. a non-finite gradient); this rank's residual already holds "
+                          "the step: reload the state (load_state_dict) before going on")
     state.bits_sent += 8 * len(frame)
     state.numel_compressed += buffer.numel()
     if bucket.is_last():
@@ -240,8 +260,6 @@ def topk_hook(state: TopKHookState, bucket: dist.GradBucket) -> torch.futures.Fu
     if state.keep_frames:
         state.last_frames[index] = frame
     state._maybe_increase_iter(bucket)
-
-    lengths, work, gathered = _all_gather_bytes(group, frame, device)
     numel, dtype = buffer.numel(), grad.numpy().dtype
     world = len(lengths)
 

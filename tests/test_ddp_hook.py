@@ -7,7 +7,9 @@ the bit counters are the frames' bytes, the replicas stay identical, the state s
 ``torch.save`` / ``torch.load(weights_only=True)``, and density=1 equals DDP's own allreduce.
 """
 
+import datetime
 import os
+import re
 import subprocess
 import sys
 
@@ -134,12 +136,28 @@ def _check_density_one(rank: int) -> None:
         assert all(torch.equal(a, b) for a, b in zip(g1, g2)), f"step {step} differs"
 
 
+def _check_nan_on_one_rank(rank: int) -> None:
+    """A NaN gradient on rank 1 only: both ranks raise (none waits in the all-gather forever)."""
+    ddp = DDP(_mlp(2))
+    ddp.register_comm_hook(TopKHookState(density=0.1, start_iter=START), topk_hook)
+    batches = _batches(rank, START + 1)
+    if rank == 1:
+        batches[START][0][0, 0] = float("nan")    # only in the first compressed step
+    with pytest.raises(Exception) as info:
+        _train(ddp, batches)
+    expected = "non-finite|NaN" if rank == 1 else r"rank\(s\) \[1\] could not encode"
+    assert re.search(expected, str(info.value)), str(info.value)
+
+
 def _worker(rank: int, init: str, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=WORLD)
+    # a short timeout: a hook that leaves a rank waiting fails the test instead of hanging it
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))
     try:
         _check_hook(rank, out)
         _check_density_one(rank)
+        _check_nan_on_one_rank(rank)
     finally:
         dist.destroy_process_group()
 
