@@ -294,7 +294,8 @@ def _mask_body(r: FrameReader, sec: _Sections, decoded, side) -> dict[str, Any]:
     sec.add("header", r.pos - start)
     model = byte & 0x03
     start = r.pos
-    ones = q = None
+    ones: int | None = None
+    q = 0
     if model == MODEL_ADAPTIVE:
         ones = r.varint("count of ones", numel)
     elif model == MODEL_FIXED:
@@ -307,8 +308,10 @@ def _mask_body(r: FrameReader, sec: _Sections, decoded, side) -> dict[str, Any]:
     p = side.get("p")
     if decoded is not None and ones is None:
         ones = int(np.count_nonzero(decoded))
-    info = dict(dtype=dtype, shape=shape, numel=numel, k=ones, model=MODEL_NAMES[model], notes=[])
-    if model == MODEL_ADAPTIVE:
+    notes: list[str] = []
+    info: dict[str, Any] = dict(dtype=dtype, shape=shape, numel=numel, k=ones,
+                                model=MODEL_NAMES[model], notes=notes)
+    if model == MODEL_ADAPTIVE and ones is not None:
         info.update(bound_bits=topk_index_bits(numel, ones), bound="log2 C(n, ones) (exchangeable mask)")
     elif model == MODEL_FIXED and decoded is not None:
         info.update(bound_bits=mask_bits(decoded, q / PROB_ONE),
@@ -316,7 +319,7 @@ def _mask_body(r: FrameReader, sec: _Sections, decoded, side) -> dict[str, Any]:
     elif decoded is not None and p is not None:
         info.update(bound_bits=mask_bits(decoded, p), bound="cross-entropy under the given per-entry p")
     else:
-        info["notes"].append("per-entry p is side information, not in the bytes: pass p to "
+        notes.append("per-entry p is side information, not in the bytes: pass p to "
                              "verify the payload and bound it")
     return info
 

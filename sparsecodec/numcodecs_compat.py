@@ -39,9 +39,9 @@ from __future__ import annotations
 import numpy as np
 
 try:
-    from numcodecs.abc import Codec as _NumcodecsCodec
-    from numcodecs.compat import ensure_contiguous_ndarray, ndarray_copy
-    from numcodecs.registry import register_codec as _register
+    from numcodecs.abc import Codec as _NumcodecsCodec  # type: ignore[import-untyped]
+    from numcodecs.compat import ensure_contiguous_ndarray, ndarray_copy  # type: ignore[import-untyped]
+    from numcodecs.registry import register_codec as _register  # type: ignore[import-untyped]
 except ImportError as exc:   # the adapters subclass numcodecs' Codec: nothing to offer without it
     raise ImportError("sparsecodec.numcodecs_compat needs numcodecs: pip install "
                       "'sparsecodec[numcodecs]'") from exc
@@ -89,7 +89,10 @@ class MaskCodec(_NumcodecsCodec):
 
     def decode(self, buf, out=None):
         # the frame says which model it was coded with (a fixed p is in the frame)
-        dec = self._codec.decode(_as_bytes(buf), max_numel=self.max_numel)
+        try:
+            dec = self._codec.decode(_as_bytes(buf), max_numel=self.max_numel)
+        except ConfigError as exc:   # a per-entry-p frame: no chunk this adapter writes
+            raise CorruptFrameError(f"this chunk is not a mask this codec writes: {exc}") from None
         return ndarray_copy(dec.reshape(-1).view(np.uint8), out)
 
     def __repr__(self) -> str:

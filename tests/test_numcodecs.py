@@ -158,3 +158,27 @@ def test_zarr_stores_a_mask(tmp_path):
     rep = sc.inspect_frame(chunk)
     assert rep.tensors[0].numel == 100 * 500 and rep.nbits == 8 * len(chunk)
     assert len(chunk) < 100 * 500 / 8 / 4      # 4x smaller than bit-packing at 2 % ones
+
+
+def test_mutated_chunks_raise_only_frame_errors():
+    rng = np.random.default_rng(11)
+    p = rng.random(2000) * 0.2
+    per_entry = bytes(sc.MaskCodec().encode(rng.random(2000) < p, p=p))   # needs side information
+    with pytest.raises(FrameError, match="not a mask this codec writes"):
+        MaskCodec().decode(per_entry)
+    cases = [(MaskCodec(), MaskCodec().encode(_masks()[0])),
+             (MaskCodec(), MaskCodec(p=0.05).encode(_masks()[0])),
+             (MaskCodec(), per_entry),
+             (DenseCodec(), DenseCodec().encode(_dense_arrays()["<f4"][0])),
+             (DenseCodec(compression=None), DenseCodec(compression=None).encode(np.arange(50, dtype=np.float32)))]
+    for codec, enc in cases:
+        for trial in range(150):
+            buf = bytearray(enc)
+            if trial % 3 == 0:
+                buf = buf[: rng.integers(0, len(buf))]
+            else:
+                buf[rng.integers(0, len(buf))] ^= 1 << int(rng.integers(0, 8))
+            try:
+                codec.decode(bytes(buf))
+            except FrameError:
+                pass
