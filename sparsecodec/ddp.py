@@ -133,7 +133,7 @@ class TopKHookState:
         return self.bits_sent / self.numel_compressed if self.numel_compressed else 0.0
 
     def _maybe_increase_iter(self, bucket: dist.GradBucket) -> None:
-        # DDP hands the buckets over in reverse order: the last one ends the iteration
+        # as in PowerSGD: the bucket DDP flags as last ends the iteration
         if bucket.is_last():
             self.iter += 1
 
