@@ -225,7 +225,8 @@ def _format_table(rep: MessageReport) -> str:
             out.append(f"bound of {t.name or 'the frame'}: {t.bound}")
         out += [f"note ({t.name or 'frame'}): {n}" for n in t.notes]
         if not t.verified:
-            out.append(f"note ({t.name or 'frame'}): payload NOT verified (needs side information)")
+            out.append(f"note ({t.name or 'frame'}): payload not decoded (verify=False, or "
+                       "side information missing)")
     out += [f"note: {n}" for n in rep.notes]
     return "\n".join(out)
 
@@ -250,6 +251,8 @@ def _topk_body(r: FrameReader, sec: _Sections, decoded, side) -> dict[str, Any]:
     dtype, shape, numel = r.tensor_header()
     config = r.u8("config byte")
     sec.add("header", r.pos - start)
+    if config & 0x0F not in _INDEX_NAMES:   # read unverified with verify=False: check it here
+        raise CorruptFrameError(f"unknown index coder id {config & 0x0F}")
     index = _INDEX_NAMES[config & 0x0F]
     values = value_coder_name((config >> 4) & 0x07)
     start = r.pos
@@ -293,6 +296,8 @@ def _mask_body(r: FrameReader, sec: _Sections, decoded, side) -> dict[str, Any]:
     byte = r.u8("mask model byte")
     sec.add("header", r.pos - start)
     model = byte & 0x03
+    if model not in MODEL_NAMES:
+        raise CorruptFrameError(f"unknown mask model byte 0x{byte:02x}")
     start = r.pos
     ones: int | None = None
     q = 0
@@ -340,7 +345,7 @@ def _needs_side(wire_id: int, r: FrameReader) -> bool:
 
 
 def _body_report(name: str | None, r: FrameReader, side: Mapping[str, Any],
-                 lead: Mapping[str, int]) -> TensorReport:
+                 lead: Mapping[str, int], verify: bool = True) -> TensorReport:
     """Decode one body (validating it), then split it into sections.
 
     ``r`` has consumed the wire id; ``lead`` is the bits already read for this tensor (the
@@ -352,7 +357,7 @@ def _body_report(name: str | None, r: FrameReader, side: Mapping[str, Any],
                                 f"information, but {', '.join(sorted(side))} was given")
     start = r.pos
     decoded = None
-    verified = not (_needs_side(r.wire_id, r) and side.get("p") is None)
+    verified = verify and not (_needs_side(r.wire_id, r) and side.get("p") is None)
     if verified:
         dec = FrameReader(r.buf, max_numel=r.max_numel, body_only=True, start=start - 1, end=r.end,
                           known=r.known)
@@ -384,17 +389,17 @@ def _body_report(name: str | None, r: FrameReader, side: Mapping[str, Any],
 
 
 # -- messages -------------------------------------------------------------------------------------
-def _single(r: FrameReader, *, schema=None, side=None, **_: Any) -> MessageReport:
+def _single(r: FrameReader, *, schema=None, side=None, verify: bool = True, **_: Any) -> MessageReport:
     if schema is not None:
         raise ConfigError("schema= is for bundles; this is a single codec frame")
     crc = CRC_BYTES if r.has_checksum else 0
-    t = _body_report(None, r, dict(side or {}), {"header": 8 * PREAMBLE_BYTES})
+    t = _body_report(None, r, dict(side or {}), {"header": 8 * PREAMBLE_BYTES}, verify)
     if crc:
         t = replace(t, sections=_ordered({**t.sections, "checksum": 8 * crc}))
     return MessageReport("frame", r.wire_id, len(r.buf), r.has_checksum, {}, (t,))
 
 
-def _bundle(r: FrameReader, *, schema=None, side=None, **_: Any) -> MessageReport:
+def _bundle(r: FrameReader, *, schema=None, side=None, verify: bool = True, **_: Any) -> MessageReport:
     from .bundle import MAX_ENTRIES, MAX_NAME_BYTES
 
     side = dict(side or {})
@@ -452,7 +457,7 @@ def _bundle(r: FrameReader, *, schema=None, side=None, **_: Any) -> MessageRepor
         sub = FrameReader(r.buf, max_numel=budget, body_only=True, start=start, end=start + length,
                           known=known)
         try:
-            t = _body_report(name, sub, dict(side.get(name) or {}), {"header": 8})
+            t = _body_report(name, sub, dict(side.get(name) or {}), {"header": 8}, verify)
         except LimitExceededError as exc:
             raise LimitExceededError(f"bundle exceeds max_numel={r.max_numel} in entry {name!r}: {exc}") from None
         budget -= t.numel or 0
@@ -483,13 +488,21 @@ MESSAGE_INSPECTORS: dict[int, Callable[..., MessageReport]] = {
 
 
 def inspect_message(data, *, schema=None, side=None, max_numel: int = DEFAULT_MAX_NUMEL,
-                    **options: Any) -> MessageReport:
-    """Report on any sparsecodec message (frame or bundle), dispatching on its wire id."""
+                    verify: bool = True, **options: Any) -> MessageReport:
+    """Report on any sparsecodec message (frame or bundle), dispatching on its wire id.
+
+    ``verify=False`` skips decoding the bodies (for a receiver that decodes them anyway): the
+    structure is still read and checked field by field, so the sections are exact and
+    hostile bytes still raise a FrameError, but payload errors (a bad index, a NaN) are not
+    caught, a fixed-p mask has no bound, and ``verified`` is False.
+    """
     r = FrameReader(data, max_numel=max_numel)
-    return MESSAGE_INSPECTORS.get(r.wire_id, _single)(r, schema=schema, side=side, **options)
+    return MESSAGE_INSPECTORS.get(r.wire_id, _single)(r, schema=schema, side=side, verify=verify,
+                                                      **options)
 
 
-def inspect_frame(data, *, p=None, max_numel: int = DEFAULT_MAX_NUMEL) -> MessageReport:
+def inspect_frame(data, *, p=None, max_numel: int = DEFAULT_MAX_NUMEL,
+                  verify: bool = True) -> MessageReport:
     """Report on one codec frame (``p``: a per-entry mask's probabilities, to verify and bound it).
 
     >>> import numpy as np, sparsecodec as sc
@@ -505,19 +518,20 @@ def inspect_frame(data, *, p=None, max_numel: int = DEFAULT_MAX_NUMEL) -> Messag
     if r.wire_id in MESSAGE_INSPECTORS:
         raise CorruptFrameError(f"wire id 0x{r.wire_id:02X} is not a single codec frame: use "
                                 "inspect_bundle(data) (or inspect_message)")
-    return _single(r, side={} if p is None else {"p": p})
+    return _single(r, side={} if p is None else {"p": p}, verify=verify)
 
 
 def inspect_bundle(data, schema=None, *, side: Mapping[str, Mapping[str, Any]] | None = None,
-                   max_numel: int = DEFAULT_MAX_NUMEL) -> MessageReport:
+                   max_numel: int = DEFAULT_MAX_NUMEL, verify: bool = True) -> MessageReport:
     """Report on a bundle: per tensor its sections, plus the bundle's own bytes.
 
     ``schema`` is needed for a bundle encoded against one (wire id 0x7E). ``side`` maps a
     tensor name to its side information (``{"mask": {"p": probs}}``), used only to verify
     and bound per-entry masks. ``report.tensor_sections()`` is the ledger row of the message.
+    ``verify=False``: see :func:`inspect_message`.
     """
     r = FrameReader(data, max_numel=max_numel)
     if r.wire_id not in MESSAGE_INSPECTORS:
         raise CorruptFrameError(f"wire id 0x{r.wire_id:02X} is a single codec frame, not a bundle: "
                                 "use inspect_frame(data)")
-    return MESSAGE_INSPECTORS[r.wire_id](r, schema=schema, side=side)
+    return MESSAGE_INSPECTORS[r.wire_id](r, schema=schema, side=side, verify=verify)

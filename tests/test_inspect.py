@@ -239,6 +239,8 @@ def test_hostile_bytes_give_frame_errors_exactly_when_decode_does():
             assert ok, f"inspect accepted what decode rejects (trial {trial})"
             accepted += 1
             assert sum(rep.sections.values()) == 8 * len(buf)
+            quick = inspect_message(bytes(buf), max_numel=1 << 20, verify=False, **kw)
+            assert quick.tensor_sections() == rep.tensor_sections()
     assert tried == 120 * len(list(_targets())) and accepted < tried
 
 
@@ -309,6 +311,27 @@ def test_hostile_per_entry_mask_without_p_only_frame_errors():
             buf[rng.integers(0, len(buf))] ^= 1 << int(rng.integers(0, 8))
         try:
             rep = inspect_frame(bytes(buf))
+        except FrameError:
+            continue
+        assert sum(rep.sections.values()) == 8 * len(buf)
+
+
+def test_verify_false_reads_the_structure_only_and_raises_only_frame_errors():
+    update = _update()
+    data = bytes(sc.encode_bundle(update, _codecs(), checksum=False))
+    full, quick = inspect_bundle(data), inspect_bundle(data, verify=False)
+    assert quick.tensor_sections() == full.tensor_sections()
+    assert not any(t.verified for t in quick.tensors) and all(t.verified for t in full.tensors)
+    assert quick.tensor("conv.weight").bound_bits == full.tensor("conv.weight").bound_bits
+    rng = np.random.default_rng(6)
+    for trial in range(400):
+        buf = bytearray(data)
+        if trial % 2:
+            buf = buf[: rng.integers(0, len(buf))]
+        else:
+            buf[rng.integers(0, len(buf))] = int(rng.integers(0, 256))
+        try:
+            rep = inspect_bundle(bytes(buf), verify=False)
         except FrameError:
             continue
         assert sum(rep.sections.values()) == 8 * len(buf)
