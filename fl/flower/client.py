@@ -17,7 +17,7 @@ from sparsecodec.errors import ConfigError
 from ..channel import Channel, LedgerRecord, Message
 from .state import DEFAULT_ALLOWED_MODULES, decode_state, encode_state
 
-__all__ = ["make_client_app", "client_train", "client_query", "DOWN", "UP", "ERROR", "CLIENT_STATE",
+__all__ = ["make_client_app", "client_train", "client_query", "up_fields", "DOWN", "UP", "ERROR", "CLIENT_STATE",
            "RUN_CONFIG_KEYS"]
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,9 @@ RUN_CONFIG_KEYS = {"fl-config": "resolved run config as JSON (required)",
                    "fl-out": "absolute output directory on the ServerApp's machine ('' = none)",
                    "fl-data-dir": "dataset directory on the nodes ('' = $FL_DATA_DIR)",
                    "fl-wait-s": "seconds the server waits for enough SuperNodes (default 120)",
-                   "fl-round-timeout": "seconds to wait for a round's replies (0 = no limit)"}
+                   "fl-round-timeout": "seconds to wait for a round's replies (0 = no limit)",
+                   "fl-strict": "true: re-raise an unforeseen exception on a reply instead of "
+                                "dropping its client (for developers; default false)"}
 
 
 def _config_json(config) -> str:
@@ -102,6 +104,16 @@ def _reply(msg, records: Mapping[str, Any]):
     return FMessage(RecordDict({k: ConfigRecord(dict(v)) for k, v in records.items()}), reply_to=msg)
 
 
+def up_fields(result) -> dict[str, Any]:
+    """The ``fl.up`` record of a train reply: a :class:`~fl.algorithms.base.ClientResult`'s
+    uplink message (bytes and bit breakdown), ``num_samples`` and ``metrics`` (JSON)."""
+    m = result.message
+    return {"data": m.data, "round": m.round, "client": m.client, "direction": m.direction,
+            "numel": m.numel, "sections": json.dumps(dict(m.sections)),
+            "tensor_sections": json.dumps({t: dict(s) for t, s in m.tensor_sections.items()}),
+            "num_samples": int(result.num_samples), "metrics": json.dumps(dict(result.metrics))}
+
+
 def client_train(msg, context, configs: Mapping[str, str] | None = None, data_dir: str | None = None):
     """The ClientApp's train handler: one ``client_update`` from the bytes of ``fl.down``.
 
@@ -144,12 +156,7 @@ def client_train(msg, context, configs: Mapping[str, str] | None = None, data_di
         result = sim.algorithm.client_update(state, global_params, data, sim.cfg, link)
         if not isinstance(result, ClientResult) or not isinstance(result.message, Message):
             raise TypeError(f"client_update returned {type(result).__name__}, not a ClientResult with a Message")
-        m = result.message
-        records = {UP: {"data": m.data, "round": m.round, "client": m.client, "direction": m.direction,
-                        "numel": m.numel, "sections": json.dumps(dict(m.sections)),
-                        "tensor_sections": json.dumps({t: dict(s) for t, s in m.tensor_sections.items()}),
-                        "num_samples": int(result.num_samples),
-                        "metrics": json.dumps(dict(result.metrics))}}
+        records = {UP: up_fields(result)}
         saved["pending"], saved["pending_round"] = encode_state(result.state), rnd
     except Exception as exc:   # any client failure drops that client, never the run
         records = {ERROR: {"reason": f"client_update raised {type(exc).__name__}: {exc}"}}

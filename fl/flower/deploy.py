@@ -62,9 +62,15 @@ def _toml_str(s: str) -> str:
     return json.dumps(s)      # a JSON string literal is a valid TOML basic string
 
 
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return _toml_str(v) if isinstance(v, str) else repr(v)
+
+
 def write_flower_app(path: str | os.PathLike, config: RunConfig | Mapping[str, Any], *,
                      out_dir: str | os.PathLike | None = None, data_dir: str | None = None,
-                     wait_s: float = 120.0, round_timeout: float = 0.0) -> Path:
+                     wait_s: float = 120.0, round_timeout: float = 0.0, strict: bool = False) -> Path:
     """Write a Flower app directory running ``config`` (``out_dir`` is made absolute: the
     ServerApp runs in another process and directory)."""
     if not isinstance(config, RunConfig):
@@ -74,14 +80,14 @@ def write_flower_app(path: str | os.PathLike, config: RunConfig | Mapping[str, A
     out = str(Path(out_dir).resolve()) if out_dir is not None else ""
     run_config = {"fl-config": json.dumps(config.to_dict(), sort_keys=True), "fl-out": out,
                   "fl-data-dir": data_dir or "", "fl-wait-s": float(wait_s),
-                  "fl-round-timeout": float(round_timeout)}
+                  "fl-round-timeout": float(round_timeout), "fl-strict": bool(strict)}
     lines = ["[project]", 'name = "fl-flower-app"', 'version = "0.1.0"',
              f'description = {_toml_str(f"fl {config.algorithm} on Flower")}',
              'license = "Apache-2.0"', "dependencies = []", "",
              "[tool.flwr.app]", 'publisher = "sparsecodec"', "",
              "[tool.flwr.app.components]", 'serverapp = "fl_flower_app:server_app"',
              'clientapp = "fl_flower_app:client_app"', "", "[tool.flwr.app.config]"]
-    lines += [f'"{k}" = {_toml_str(v) if isinstance(v, str) else repr(v)}' for k, v in run_config.items()]
+    lines += [f'"{k}" = {_toml_value(v)}' for k, v in run_config.items()]
     (path / "pyproject.toml").write_text("\n".join(lines) + "\n")
     (path / "fl_flower_app.py").write_text(_MODULE)
     return path

@@ -51,24 +51,75 @@ from ..algorithms.base import Update
 from ..channel import Channel, Message
 from ..config import RunConfig, build_config
 from ..simulation import RunResult, Simulation
+from .mod import MalformedReply, _clip, _int, _json, message_fields
 from .client import (CLIENT_STATE, DOWN, ERROR, RUN_CONFIG_KEYS, UP, _config_from_context,
                      _config_json, _configs, _count, _digest, _run_config_value, make_client_app)
 
-__all__ = ["FlowerServer", "make_server_app", "make_client_app", "run_flower", "DOWN", "UP",
+__all__ = ["FlowerServer", "make_server_app", "make_client_app", "run_flower", "parse_reply",
+           "MalformedReply", "DOWN", "UP",
            "CLIENT_STATE", "RUN_CONFIG_KEYS"]
 
 log = logging.getLogger(__name__)
 
 
+# -- a reply, as hostile input -----------------------------------------------------------------
+def parse_reply(records, max_numel: int) -> tuple[Message, int, dict[str, Any]]:
+    """The uplink :class:`~fl.channel.Message`, ``num_samples`` and ``metrics`` of a train
+    reply's ``fl.up`` record, every field type- and range-checked (a hostile node may send
+    anything): raises :class:`MalformedReply` naming the field.
+
+    >>> parse_reply({UP: {"direction": "up", "data": b"", "round": "1"}}, 10)
+    Traceback (most recent call last):
+    ...
+    fl.flower.mod.MalformedReply: 'round' must be an int in [0, 9223372036854775807], got '1'
+    """
+    if UP not in records:
+        raise MalformedReply(f"no {UP!r} record (got {_clip(repr(sorted(records)), 200)})")
+    up = records[UP]
+    direction = up["direction"] if "direction" in up else None
+    if direction != "up":
+        raise MalformedReply(f"'direction' must be 'up', got {_clip(repr(direction), 40)}")
+    msg = message_fields(up, max_numel=max_numel)
+    num_samples = _int(up, "num_samples")
+    metrics = _json(up, "metrics")
+    if not isinstance(metrics, dict) or not all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in metrics.values()):
+        raise MalformedReply("metrics must be a JSON object of numbers (or null)")
+    return msg, num_samples, metrics
+
+
+def _partition_id(reply) -> int | None:
+    """A roll-call reply's ``partition-id`` (``None`` for an error or a malformed reply)."""
+    try:
+        if reply.has_error():
+            return None
+        pid = reply.content.config_records["fl.node"]["partition-id"]
+    except Exception:          # a node's reply, not our code: that node is mapped by its id
+        return None
+    return pid if isinstance(pid, int) and not isinstance(pid, bool) else None
+
+
 # -- server side -----------------------------------------------------------------------------
 class FlowerServer(Simulation):
-    """The in-process engine with its clients on Flower nodes reached through ``grid``."""
+    """The in-process engine with its clients on Flower nodes reached through ``grid``.
+
+    Every reply is hostile input: a missing, malformed or undecodable one (any exception,
+    ``MemoryError`` included) drops that client for the round with the reason logged and kept
+    in the metrics line's ``dropped``; the round goes on with the others. ``strict=True`` (for
+    developers) re-raises exceptions that the reply checks (:func:`parse_reply`, FrameError,
+    ValueError) did not foresee, to find bugs in our own code. A run in which no update was
+    ever accepted raises ``RuntimeError`` instead of ending with the initial model.
+    """
 
     def __init__(self, config: RunConfig, grid, *, data_dir=None, channel: Channel | None = None,
                  wait_s: float = 120.0, round_timeout: float | None = None,
-                 poll_s: float = 0.1) -> None:
+                 poll_s: float = 0.1, strict: bool | None = None) -> None:
         super().__init__(config, data_dir=data_dir, channel=channel)
         self.poll_s = float(poll_s)
+        # developers' switch: an exception the reply checks did not foresee is re-raised (a bug in
+        # our code), instead of dropping that client; ``sim.strict`` if the config has it
+        strict = getattr(config.sim, "strict", False) if strict is None else strict
+        self.strict = strict.strip().lower() == "true" if isinstance(strict, str) else bool(strict)
         self.run_digest = _digest(_config_json(config))
         self.grid, self.wait_s, self.round_timeout = grid, float(wait_s), round_timeout
         self.nodes: dict[int, int] | None = None          # client id -> Flower node id
@@ -104,8 +155,9 @@ class FlowerServer(Simulation):
         msgs = [FMessage(RecordDict(), dst_node_id=i, message_type="query", group_id="0") for i in ids]
         pids = {}
         for r in self.send_and_receive(msgs, timeout=self.wait_s):
-            if not r.has_error():
-                pids[r.metadata.src_node_id] = int(r.content.config_records["fl.node"]["partition-id"])
+            pid = _partition_id(r)
+            if pid is not None:
+                pids[r.metadata.src_node_id] = pid
         by_pid = {p: node for node, p in pids.items() if 0 <= p < n}
         if len(by_pid) == n:
             self.nodes = dict(sorted(by_pid.items()))
@@ -140,21 +192,47 @@ class FlowerServer(Simulation):
         return updates, dropped
 
     def _accept(self, t: int, cid: int, reply, side) -> tuple[Update | None, str | None]:
+        """One reply, as hostile input: any malformed field drops the client with its reason."""
         if reply is None:
             return None, "no reply from its Flower node (timeout or node lost)"
-        if reply.has_error():
-            return None, f"Flower error {reply.error.code}: {reply.error.reason}"
-        records = reply.content.config_records
-        if ERROR in records:
-            return None, str(records[ERROR]["reason"])
         try:
-            up = records[UP]
-            msg = Message(bytes(up["data"]), int(up["round"]), int(up["client"]), str(up["direction"]),
-                          json.loads(up["sections"]), json.loads(up["tensor_sections"]), int(up["numel"]))
-            num_samples, metrics = int(up["num_samples"]), json.loads(up["metrics"])
-        except (KeyError, TypeError, ValueError) as exc:
-            return None, f"malformed reply: {type(exc).__name__}: {exc}"
+            if reply.has_error():
+                return None, _clip(f"Flower error {reply.error.code}: {reply.error.reason}")
+            records = reply.content.config_records
+            if ERROR in records:
+                # as the in-process engine words it (the client wrote it: clipped, if long)
+                return None, _clip(str(records[ERROR].get("reason")), 4000)
+            msg, num_samples, metrics = parse_reply(records, self.channel.max_numel)
+        except MalformedReply as exc:
+            return None, f"malformed reply: {exc}"
+        except Exception as exc:   # what parse_reply did not foresee: still the client's bytes
+            if self.strict:
+                raise
+            return None, _clip(f"malformed reply: {type(exc).__name__}: {exc}")
+        expected = self.clients[cid].num_samples     # the server builds the same partition
+        if num_samples != expected:
+            return None, f"malformed reply: num_samples {num_samples}, client {cid} holds {expected}"
         return self._receive(t, cid, msg, side, num_samples, metrics)
+
+    def _receive(self, t, cid, msg, side, num_samples, metrics):
+        """:meth:`Simulation._receive` (decode, check), with every exception a dropped client:
+        the bytes came from a node, not from our code (``strict`` re-raises the unforeseen)."""
+        try:
+            return super()._receive(t, cid, msg, side, num_samples, metrics)
+        except Exception as exc:
+            if self.strict:
+                raise
+            return None, _clip(f"update rejected by the server: {type(exc).__name__}: {exc}")
+
+    def run(self, out_dir=None, **kwargs) -> RunResult:
+        """:meth:`Simulation.run`; a run in which no client's update was ever accepted raises
+        (a stale model must not look like a finished run)."""
+        result = super().run(out_dir, **kwargs)
+        if self.metrics and not any(m["updates"] for m in self.metrics):
+            reasons = sorted({d["reason"] for m in self.metrics for d in m["dropped"]})
+            raise RuntimeError(f"every client failed in every round ({len(self.metrics)} rounds); "
+                               f"the model was never updated. Reasons: {'; '.join(reasons)[:2000]}")
+        return result
 
     def save_checkpoint(self, path) -> None:     # client state lives on the nodes: nothing to resume
         return None
@@ -174,11 +252,13 @@ class FlowerServer(Simulation):
 def make_server_app(config=None, *, out_dir=None, data_dir: str | None = None,
                     progress: bool = False,
                     on_result: Callable[[RunResult, FlowerServer], None] | None = None,
-                    wait_s: float | None = None, round_timeout: float | None = None):
+                    wait_s: float | None = None, round_timeout: float | None = None,
+                    strict: bool | None = None):
     """A ``flwr.serverapp.ServerApp`` that runs ``config`` (a list: each in turn, on the same
     nodes; ``None``: the ``fl-*`` run config keys, see :data:`RUN_CONFIG_KEYS`) and writes the
     usual outputs into ``out_dir`` (a list for a list of configs).
-    ``on_result(result, server)`` receives each :class:`~fl.simulation.RunResult`."""
+    ``on_result(result, server)`` receives each :class:`~fl.simulation.RunResult`.
+    ``strict`` (default: run config ``fl-strict``, else ``sim.strict``): see :class:`FlowerServer`."""
     from flwr.serverapp import ServerApp
 
     configs = _configs(config)
@@ -195,7 +275,8 @@ def make_server_app(config=None, *, out_dir=None, data_dir: str | None = None,
                 cfg, grid, data_dir=data_dir or _run_config_value(context, "fl-data-dir"),
                 wait_s=wait_s if wait_s is not None else float(_run_config_value(context, "fl-wait-s", 120)),
                 round_timeout=(round_timeout if round_timeout is not None
-                               else float(_run_config_value(context, "fl-round-timeout", 0)) or None))
+                               else float(_run_config_value(context, "fl-round-timeout", 0)) or None),
+                strict=strict if strict is not None else _run_config_value(context, "fl-strict"))
             server.connect()
             result = server.run(out, progress=progress)
             if on_result is not None:
@@ -217,11 +298,12 @@ def run_flower(config: RunConfig | dict, out_dir: str | os.PathLike | None = Non
                resume: bool = False, stop_after: int | None = None, progress: bool = False,
                data_dir: str | os.PathLike | None = None,
                backend_config: Mapping[str, Any] | None = None,
-               verbose: bool = False) -> RunResult:
+               verbose: bool = False, strict: bool | None = None) -> RunResult:
     """:func:`fl.simulation.run_simulation` on Flower's simulation engine
     (``flwr.simulation.run_simulation``, Ray backend): one SuperNode per client.
 
     ``backend_config`` is Flower's (default: one CPU per ClientApp actor, no GPU).
+    ``strict``: re-raise what the reply checks did not foresee (see :class:`FlowerServer`).
     """
     try:
         from flwr.simulation import run_simulation as flwr_run_simulation
@@ -243,7 +325,7 @@ def run_flower(config: RunConfig | dict, out_dir: str | os.PathLike | None = Non
     try:
         flwr_run_simulation(
             server_app=make_server_app(config, out_dir=out_dir, data_dir=data_dir, progress=progress,
-                                       on_result=lambda r, s: results.append(r)),
+                                       on_result=lambda r, s: results.append(r), strict=strict),
             client_app=make_client_app(config, data_dir=data_dir),
             num_supernodes=_num_clients(config, data_dir), backend_config=backend,
             verbose_logging=verbose)

@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -85,7 +86,8 @@ import sparsecodec as sc
 from ..channel import Channel, Message
 from .state import decode_state, encode_state
 
-__all__ = ["sparse_update_mod", "decode_update", "DecodingGrid", "KEY"]
+__all__ = ["sparse_update_mod", "decode_update", "decode_replies", "DecodingGrid", "MalformedReply",
+           "message_fields", "KEY"]
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +101,69 @@ def _pack(m: Message, prefix: str = "") -> dict[str, Any]:
 
 
 def _unpack(rec: Mapping[str, Any], prefix: str = "") -> Message:
-    return Message(bytes(rec[prefix + "data"]), int(rec[prefix + "round"]), int(rec[prefix + "client"]),
-                   "up", json.loads(rec[prefix + "sections"]), json.loads(rec[prefix + "tensor_sections"]),
-                   int(rec[prefix + "numel"]))
+    return message_fields(rec, prefix)
+
+
+class MalformedReply(ValueError):
+    """A client's reply does not hold what the protocol says (its client is dropped)."""
+
+
+_MAX_JSON = 1 << 20      # characters of one JSON field; an honest one is a few hundred
+
+
+def _clip(text: str, n: int = 500) -> str:
+    return text if len(text) <= n else text[:n] + f"... ({len(text)} characters)"
+
+
+def _int(rec, key: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
+    v = rec[key] if key in rec else None
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise MalformedReply(f"{key!r} must be an int in [{lo}, {hi}], got {_clip(repr(v), 80)}")
+    return v
+
+
+def _json(rec, key: str):
+    v = rec[key] if key in rec else None
+    if not isinstance(v, str) or len(v) > _MAX_JSON:
+        raise MalformedReply(f"{key!r} must be a JSON string of at most {_MAX_JSON} characters")
+    try:
+        return json.loads(v)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedReply(f"{key!r} is not JSON: {_clip(str(exc), 120)}") from None
+
+
+def _bits(obj, what: str, nbits: int) -> dict[str, int]:
+    """``{section: bits}`` with non-negative int bits (never more than the message has)."""
+    if not isinstance(obj, dict):
+        raise MalformedReply(f"{what} must be a JSON object, got {type(obj).__name__}")
+    for k, v in obj.items():
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= nbits:
+            raise MalformedReply(f"{what}[{_clip(repr(k), 40)}] must be an int in [0, {nbits}]")
+    return obj
+
+
+def message_fields(rec: Mapping[str, Any], prefix: str = "", *, direction: str = "up",
+                   max_numel: int = sc.DEFAULT_MAX_NUMEL) -> Message:
+    """The :class:`~fl.channel.Message` a reply's ConfigRecord carries under ``prefix``, every
+    field type- and range-checked (bits that sum to the bytes' bits): raises
+    :class:`MalformedReply` naming the field."""
+    data = rec[prefix + "data"] if prefix + "data" in rec else None
+    if not isinstance(data, bytes):
+        raise MalformedReply(f"{prefix + 'data'!r} must be bytes, got {type(data).__name__}")
+    nbits = 8 * len(data)
+    rnd, client = _int(rec, prefix + "round"), _int(rec, prefix + "client")
+    numel = _int(rec, prefix + "numel", 0, max_numel)
+    sections = _bits(_json(rec, prefix + "sections"), "sections", nbits)
+    tensors = _json(rec, prefix + "tensor_sections")
+    if not isinstance(tensors, dict):
+        raise MalformedReply(f"tensor_sections must be a JSON object, got {type(tensors).__name__}")
+    tensor_sections = {k: _bits(v, f"tensor_sections[{_clip(repr(k), 40)}]", nbits)
+                       for k, v in tensors.items()}
+    for what, total in (("sections", sum(sections.values())),
+                        ("tensor_sections", sum(sum(s.values()) for s in tensor_sections.values()))):
+        if total != nbits:
+            raise MalformedReply(f"{what} sum to {total} bits, the bytes are {nbits}")
+    return Message(data, rnd, client, direction, sections, tensor_sections, numel)
 
 
 def _array_record(content, name: str | None):
@@ -190,38 +252,140 @@ def _messages(rec: Mapping[str, Any]) -> list[Message]:
     return out
 
 
+#: dtypes a lossless side array may be viewed as (never object, void, string or datetime)
+_RAW_KINDS = "biuf"
+
+
+def _contiguous(v: np.ndarray) -> np.ndarray:
+    # np.ascontiguousarray makes a 0-d array 1-d (BatchNorm's num_batches_tracked came back
+    # with shape (1,) and broke every client from round 2 on)
+    return v if v.flags.c_contiguous else v.copy(order="C")
+
+
+def _json_field(rec: Mapping[str, Any], key: str, default: str | None = None):
+    v = rec[key] if key in rec else default
+    if not isinstance(v, str):
+        raise ValueError(f"reply field {key!r} must be a JSON string, got {type(v).__name__}")
+    return json.loads(v)
+
+
+def _raw_kinds(rec: Mapping[str, Any]) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """``dense.kinds``: ``{name: [dtype str, shape]}`` from a (hostile) reply, checked."""
+    kinds = _json_field(rec, "dense.kinds", "{}")
+    if not isinstance(kinds, dict):
+        raise ValueError("'dense.kinds' must be a JSON object")
+    out = {}
+    for k, v in kinds.items():
+        if not (isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], list)
+                and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**62 for d in v[1])):
+            raise ValueError(f"'dense.kinds' of {k!r} must be [dtype, shape], got {str(v)[:80]}")
+        dt = np.dtype(v[0])
+        if dt.kind not in _RAW_KINDS or dt.itemsize > 16:
+            raise ValueError(f"'dense.kinds' of {k!r}: dtype {dt} is not a number type")
+        out[k] = dt, tuple(v[1])
+    return out
+
+
 def decode_update(reply, reference, *, key: str = KEY, channel: Channel | None = None):
     """The ``ArrayRecord`` of weights ``reference + update`` from a reply the Mod encoded.
 
     ``reference``: the ArrayRecord (or ``{name: ndarray}``) sent to that client. With a
-    ``channel`` its ledger counts the bytes. Raises ``sparsecodec.FrameError`` on corrupt
-    bytes and ``ValueError`` when the update does not match the reference.
+    ``channel`` its ledger counts the bytes. A reply is hostile input: corrupt bytes raise
+    ``sparsecodec.FrameError``, malformed fields and an update that does not match the
+    reference ``ValueError`` (the reply's own key and types are checked before use).
     """
     from flwr.app import Array, ArrayRecord
 
+    if key not in reply.content.config_records:
+        raise ValueError(f"the reply has no {key!r} ConfigRecord")
     rec = reply.content.config_records[key]
+    for field in ("data", "dense.data"):
+        if field in rec and not isinstance(rec[field], bytes):
+            raise ValueError(f"reply field {field!r} must be bytes")
     ref = {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in reference.items()}
     channel = channel if channel is not None else Channel()
-    decoded: dict[str, np.ndarray] = {}
-    for m in _messages(rec):
-        decoded.update(channel.deliver(m))
-    for k, (dtype, shape) in json.loads(rec.get("dense.kinds", "{}")).items():
-        raw, dt = decoded.get(k), np.dtype(dtype)
-        if raw is None or raw.dtype != np.uint8 or raw.size != dt.itemsize * int(np.prod(shape)):
-            raise ValueError(f"update {k!r} does not hold {dtype}{tuple(shape)}")
-        decoded[k] = raw.view(dt).reshape(shape).astype(dt.newbyteorder("="))
-    names = json.loads(rec["names"])
-    if sorted(decoded) != sorted(ref) or names != list(ref):
-        raise ValueError(f"update carries {sorted(decoded)}, the reference has {list(ref)}")
+    kinds = _raw_kinds(rec)
+    names = _json_field(rec, "names")
+    if names != list(ref):      # also rejects a non-list: compared before anything is decoded
+        raise ValueError(f"update names {str(names)[:200]}, the reference has {list(ref)}")
+    deltas: dict[str, np.ndarray] = {}     # floating arrays: trained - received
+    absolute: dict[str, np.ndarray] = {}   # the others, as trained (lossless)
+    if "data" in rec:
+        deltas = channel.deliver(_unpack(rec))
+    if "dense.data" in rec:
+        absolute = channel.deliver(_unpack(rec, "dense."))
+    for k, (dt, shape) in kinds.items():
+        raw = absolute.get(k)
+        if raw is None or raw.dtype != np.uint8 or raw.size != dt.itemsize * math.prod(shape):
+            raise ValueError(f"update {k!r} does not hold {dt}{shape}")
+        absolute[k] = raw.view(dt).reshape(shape).astype(dt.newbyteorder("="))
+    if set(deltas) & set(absolute) or sorted({**deltas, **absolute}) != sorted(ref):
+        raise ValueError(f"update carries {sorted(deltas)[:20]} and {sorted(absolute)[:20]}, "
+                         f"the reference has {list(ref)}")
     out = {}
     for k in names:
-        d, r = decoded[k], ref[k]
+        r = ref[k]
+        d = deltas[k] if k in deltas else absolute[k]
         if d.shape != r.shape:
             raise ValueError(f"update {k!r} has shape {d.shape}, the reference {r.shape}")
-        if d.dtype.kind == "f" and not np.isfinite(d).all():
-            raise ValueError(f"update {k!r} is not finite")
-        out[k] = np.add(r, d, dtype=r.dtype) if r.dtype.kind == "f" else d
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in out.items()})
+        if k in deltas:
+            if d.dtype.kind != "f" or not np.isfinite(d).all():
+                raise ValueError(f"update {k!r} is {d.dtype}, not finite floats")
+            out[k] = np.add(r, d, dtype=d.dtype)     # in the trained dtype, as the Mod subtracted
+        else:
+            out[k] = d
+    return ArrayRecord({k: Array(_contiguous(v)) for k, v in out.items()})
+
+
+def decode_replies(replies: Iterable, reference: Callable[[Any], Any], *, key: str = KEY,
+                   channel: Channel | None = None, strict: bool = False,
+                   require: bool = False) -> tuple[list, list[tuple[Any, str]]]:
+    """Decode every train reply the Mod encoded: ``(replies, dropped)``.
+
+    ``reference(reply)`` gives the ArrayRecord sent to that reply's node. Error replies pass
+    through untouched; so do replies without ``key`` or without a reference, unless
+    ``require`` (then they are dropped: every reply must be one the Mod encoded, to a message
+    this server sent). A reply that fails to decode, *for any reason* (hostile bytes or
+    fields, ``MemoryError``), is left out and listed in ``dropped`` as ``(reply, reason)``,
+    logged. ``strict=True`` re-raises exceptions other than ``FrameError`` / ``ValueError``
+    (for developers).
+    """
+    out, dropped = [], []
+    for r in replies:
+        try:
+            if r.has_error():
+                out.append(r)
+                continue
+            ref = reference(r)
+            if ref is None or key not in r.content.config_records:
+                if require:
+                    raise ValueError(f"no {key!r} record (not encoded by sparse_update_mod)" if ref is not None
+                                     else "a reply to no message of this round")
+                out.append(r)
+                continue
+            name = r.content.config_records[key].get("record")
+            if not isinstance(name, str):
+                raise ValueError(f"reply field 'record' must be a str, got {type(name).__name__}")
+            arrays = decode_update(r, ref, key=key, channel=channel)
+        except Exception as exc:    # a reply from a node: never a reason to stop the server
+            if strict and not isinstance(exc, (sc.FrameError, ValueError)):
+                raise
+            reason = f"{type(exc).__name__}: {str(exc)[:500]}"
+            log.warning("dropping the reply of node %s: %s", _node_of(r), reason)
+            dropped.append((r, reason))
+            continue
+        content = type(r.content)({k: v for k, v in r.content.items() if k != key})
+        content[name] = arrays
+        r.content = content
+        out.append(r)
+    return out, dropped
+
+
+def _node_of(reply) -> Any:
+    try:
+        return reply.metadata.src_node_id
+    except Exception:
+        return "?"
 
 
 def _grid_base():
@@ -234,14 +398,15 @@ class DecodingGrid:
     """Wraps a Flower ``Grid``: train replies from :func:`sparse_update_mod` come back as
     ``ArrayRecord`` weights (decoded from their bytes). ``ledger`` counts the uplink bits."""
 
-    def __new__(cls, grid, *, key: str = KEY, channel: Channel | None = None):
+    def __new__(cls, grid, *, key: str = KEY, channel: Channel | None = None, strict: bool = False):
         # a real subclass of flwr's Grid (built on first use, so this module imports without flwr)
         obj = object.__new__(_decoding_grid_class())
-        obj.__init__(grid, key=key, channel=channel)
+        obj.__init__(grid, key=key, channel=channel, strict=strict)
         return obj
 
-    def __init__(self, grid, *, key: str = KEY, channel: Channel | None = None) -> None:
-        self.inner, self.key = grid, key
+    def __init__(self, grid, *, key: str = KEY, channel: Channel | None = None,
+                 strict: bool = False) -> None:
+        self.inner, self.key, self.strict = grid, key, bool(strict)
         self.channel = channel if channel is not None else Channel()
         self._refs: dict[str, Any] = {}
 
@@ -268,24 +433,7 @@ class DecodingGrid:
 
     # -- the decoding -------------------------------------------------------------------------
     def _decode(self, replies: Iterable, refs: Callable[[Any], Any]) -> list:
-        out = []
-        for r in replies:
-            ref = refs(r)
-            if ref is None or r.has_error() or self.key not in r.content.config_records:
-                out.append(r)
-                continue
-            name = str(r.content.config_records[self.key]["record"])
-            try:
-                arrays = decode_update(r, ref, key=self.key, channel=self.channel)
-            except (sc.FrameError, ValueError, KeyError, TypeError) as exc:
-                log.warning("dropping the reply of node %s: %s: %s", r.metadata.src_node_id,
-                            type(exc).__name__, exc)
-                continue
-            content = type(r.content)({k: v for k, v in r.content.items() if k != self.key})
-            content[name] = arrays
-            r.content = content
-            out.append(r)
-        return out
+        return decode_replies(replies, refs, key=self.key, channel=self.channel, strict=self.strict)[0]
 
     @staticmethod
     def _reference(msg):
