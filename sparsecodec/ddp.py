@@ -55,7 +55,10 @@ Example (one process, gloo; with several processes each rank runs the same code)
     (3, True)
     >>> dist.destroy_process_group(); os.remove(store); os.remove(store + ".pt")
 
-torch is imported by this module only; ``import sparsecodec`` does not import it.
+Tested on CPU buckets with gloo (``tests/test_ddp_hook.py``, 2 processes). A CUDA bucket is
+copied to the CPU to be coded and the mean copied back; that path has not been run here (no
+CUDA build of torch on the test machine). torch is imported by this module only;
+``import sparsecodec`` does not import it.
 """
 
 # no ``from __future__ import annotations``: DDP's register_comm_hook compares the hook's
