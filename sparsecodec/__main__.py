@@ -30,6 +30,56 @@ from .errors import ConfigError, FrameError
 from .frame import DEFAULT_MAX_NUMEL
 
 
+def _fmt_bits(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.1f}"
+
+
+def format_table(rep) -> str:
+    """The table ``python -m sparsecodec inspect`` prints (``report.table()``)."""
+    from .inspect import BUNDLE_OVERHEAD
+
+    secs = list(rep.sections)
+    head = ["tensor", "codec", "dtype", "shape", "numel", "k", "idx-coder", "val-coder", *secs,
+            "bits", "bits/param", "bound", "payload/bound"]
+    rows = []
+    for t in rep.tensors:
+        ratio = (f"{t.payload_bits / t.bound_bits:.4f}" if t.bound_bits else "-")
+        rows.append([t.name if t.name is not None else "(frame)", t.codec, t.dtype or "?",
+                     "?" if t.shape is None else "x".join(map(str, t.shape)) or "()",
+                     f"{t.numel:,}" if t.numel is not None else "?",
+                     "-" if t.k is None else f"{t.k:,}", t.index_coder or t.model or "-",
+                     t.value_coder or "-", *[f"{t.sections[s]:,}" if s in t.sections else "" for s in secs],
+                     f"{t.bits:,}", f"{t.bpp:.4g}", _fmt_bits(t.bound_bits), ratio])
+    if rep.overhead:
+        rows.append([BUNDLE_OVERHEAD, "", "", "", "", "", "", "",
+                     *[f"{rep.overhead[s]:,}" if s in rep.overhead else "" for s in secs],
+                     f"{sum(rep.overhead.values()):,}", "", "", ""])
+    if len(rep.tensors) > 1 or rep.overhead:
+        rows.append(["total", "", "", "", f"{rep.numel:,}", "", "", "",
+                     *[f"{rep.sections[s]:,}" for s in secs], f"{rep.nbits:,}", f"{rep.bpp:.4g}",
+                     _fmt_bits(rep.bound_bits), ""])
+    width = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
+    left = {0, 1, 2, 3, 6, 7}
+
+    def line(r) -> str:
+        return "  ".join(str(c).ljust(w) if i in left else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(r, width))).rstrip()
+
+    out = [f"{rep.kind} (wire id 0x{rep.wire_id:02X}), {rep.nbytes:,} bytes = {rep.nbits:,} bits, "
+           f"CRC-32 {'on' if rep.has_checksum else 'off'}, {len(rep.tensors)} tensor(s), "
+           f"{rep.numel:,} parameters, {rep.bpp:.4g} bits/param",
+           line(head), line(["-" * w for w in width])] + [line(r) for r in rows]
+    for t in rep.tensors:
+        if t.bound:
+            out.append(f"bound of {t.name or 'the frame'}: {t.bound}")
+        out += [f"note ({t.name or 'frame'}): {n}" for n in t.notes]
+        if not t.verified:
+            out.append(f"note ({t.name or 'frame'}): payload not decoded (verify=False, or "
+                       "side information missing)")
+    out += [f"note: {n}" for n in rep.notes]
+    return "\n".join(out)
+
+
 def _load_schema(path: str):
     from .bundle import Schema
 
@@ -78,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(report.to_json() if args.json else report.table())
+    print(report.to_json() if args.json else format_table(report))
     return 0
 
 
