@@ -476,6 +476,10 @@ def run_fuzz(args) -> dict:
                     w.kill()
                     workers[k] = lost(w, "hang", f"no result after {args.timeout} s")
             now = time.monotonic()
+            if args.max_minutes and now - start > 60 * args.max_minutes and pending:
+                print(f"fuzz: --max-minutes {args.max_minutes} reached, finishing the running chunks",
+                      file=sys.stderr, flush=True)
+                pending.clear()
             if now - last > args.progress_every:
                 last = now
                 rate = done / max(now - start, 1e-9)
@@ -496,6 +500,7 @@ def run_fuzz(args) -> dict:
                     w.kill()
         os.unlink(corpus_path)
     elapsed = time.monotonic() - start
+    args.requested, args.count = args.count, done + sum(t["crashes"] + t["hangs"] for t in totals.values())
     return _report(args, corpus, totals, events, elapsed, rss_growth)
 
 
@@ -521,7 +526,7 @@ def _report(args, corpus, totals, events, elapsed, rss_growth) -> dict:
     for e in events:
         e["replay"] = f"python tools/fuzz_long.py --seed {args.seed} --replay {e['input']}"
     return {"command": " ".join([Path(sys.executable).name, "tools/fuzz_long.py"] + sys.argv[1:]),
-            "seed": args.seed, "count": args.count, "workers": args.workers, "max_numel": args.max_numel,
+            "seed": args.seed, "count": args.count, "count_requested": args.requested, "workers": args.workers, "max_numel": args.max_numel,
             "timeout_s": args.timeout, "trace_every": args.trace_every, "as_margin_mib": args.as_margin_mib,
             "quick_corpus": args.quick_corpus, "elapsed_s": round(elapsed, 1),
             "inputs_per_s": round(args.count / max(elapsed, 1e-9), 1),
@@ -583,6 +588,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--trace-every", type=int, default=16, help="tracemalloc on every Nth input (0: never)")
     p.add_argument("--as-margin-mib", type=int, default=512, help="RLIMIT_AS above the worker's size")
     p.add_argument("--progress-every", type=float, default=30.0)
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="stop handing out inputs after this long (0: run all --count)")
     p.add_argument("--start-method", default="fork", choices=("fork", "spawn", "forkserver"),
                    help="fork: workers start in milliseconds from the parent's imports")
     p.add_argument("--quick-corpus", action="store_true", help="a hand-built checkpoint, no Simulation")
