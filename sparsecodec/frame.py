@@ -262,6 +262,8 @@ class FrameWriter:
             raise ConfigError(f"dtype {name} cannot be framed; supported: {sorted(DTYPE_CODES)}")
         if len(shape) > MAX_NDIM:
             raise ConfigError(f"at most {MAX_NDIM} dimensions, got {len(shape)}")
+        if any(not 0 <= int(d) < 1 << 64 for d in shape):
+            raise ConfigError(f"dimensions must be in [0, 2**64), got shape {tuple(shape)}")
         biggest = max((int(d) for d in shape), default=0)
         wcode = next(c for c in range(4) if biggest < 1 << (8 << c))
         nw = len(shape) | (wcode << 6)

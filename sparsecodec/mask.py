@@ -167,6 +167,10 @@ class MaskCodec(Codec):
                 raise ConfigError("this mask was coded with per-entry probabilities (side "
                                   "information, not in the frame): pass the same vector, "
                                   "decode(data, p=probs)")
+            if p.size != numel:   # the caller's p is its model's: the frame names another size
+                raise SideInfoMismatchError(
+                    f"this mask frame has {numel} entries but the per-entry p passed has "
+                    f"{p.size}: pass the probability vector of this exact tensor")
             src = as_probability_vector(p, numel)
         elif model == MODEL_ADAPTIVE and p is not None:
             # the caller's p fits its protocol; it is the frame that is of another kind

@@ -268,7 +268,7 @@ def test_misuse_raises_config_error_naming_the_fix():
     data = bytes(MaskCodec().encode(mask, p=probs))
     with pytest.raises(ConfigError, match="decode\\(data, p=probs\\)"):
         MaskCodec().decode(data)
-    with pytest.raises(ConfigError, match="100"):
+    with pytest.raises(SideInfoMismatchError, match="100"):   # the frame's size decides
         MaskCodec().decode(data, p=probs[:99])
     with pytest.raises(ConfigError, match="100"):
         MaskCodec().encode(mask, p=probs[:99])
