@@ -6,7 +6,8 @@ and report, per tensor: name, codec, dtype, shape, numel, k, index and value cod
 section, bits per parameter and the information bound. Nothing is taken from the sender's
 claims (a ledger's JSON, ``frame.meta``): the sections are measured on the bytes, and they
 always add up to ``8 * len(data)``. Every body is also decoded, so a report describes a valid
-message; hostile bytes raise a :class:`~sparsecodec.errors.FrameError`, as the decoders do.
+message; hostile bytes raise a :class:`~sparsecodec.errors.FrameError`, as the decoders do
+(``verify=False`` reads the structure only, for a receiver that decodes the message anyway).
 ``python -m sparsecodec inspect FILE`` prints the same as a table.
 
 Bounds (never used *as* bit counts, see :mod:`sparsecodec.bounds`):
