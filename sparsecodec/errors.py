@@ -8,6 +8,8 @@ standard library still catch them:
 * :class:`FrameError`: the *bytes* are not a valid frame (truncated, corrupted, crafted).
   Decoders raise only subclasses of it on hostile input, never ``IndexError``, ``MemoryError``
   or a segfault.
+
+:class:`SideInfoMismatchError` (side information that does not fit the frame) is in both.
 """
 
 from __future__ import annotations
@@ -62,10 +64,12 @@ class LimitExceededError(FrameError):
     """The frame declares more elements than the caller's ``max_numel`` allows."""
 
 
-class SideInfoMismatchError(FrameError):
-    """The frame's codec does not take the side information the caller offered.
+class SideInfoMismatchError(FrameError, ConfigError):
+    """The frame does not fit the side information the caller offered.
 
-    E.g. ``decode(data, p=probs)`` on a frame that names the ``dense`` codec, or a mask frame
-    coded with the adaptive model: the caller's ``p`` is right for the protocol, so it is the
-    (possibly hostile) bytes that do not fit, and the message names the mismatch.
+    E.g. ``decode(data, p=probs)`` on a frame that names the ``dense`` codec, a mask frame
+    coded with the adaptive model, or one of another size than ``p``. Either party can be at
+    fault, so it is both: a :class:`FrameError` (a server that drops clients sending bad
+    bytes catches it; the frame picked the codec) and a :class:`ConfigError` (code that
+    treated a wrong ``p`` as misuse keeps working). The message names the mismatch.
     """
