@@ -212,8 +212,11 @@ def sparse_update_mod(codec: sc.Codec | None = None, *, feedback: bool = True, s
         if trained is None:
             return reply
         new = {k: a.numpy() for k, a in trained.items()}
-        if list(new) != list(ref) or any(new[k].shape != ref[k].shape for k in ref):
-            raise ValueError("the trained ArrayRecord does not match the received one (names, shapes)")
+        if list(new) != list(ref):
+            raise ValueError(f"the trained ArrayRecord holds {list(new)[:20]}, the received one {list(ref)[:20]}")
+        for k in ref:
+            if new[k].shape != ref[k].shape:
+                raise ValueError(f"trained {k!r} has shape {new[k].shape}, received {ref[k].shape}")
         floats = {k: np.subtract(new[k], ref[k], dtype=new[k].dtype) for k in new if new[k].dtype.kind == "f"}
         others = {k: new[k] for k in new if new[k].dtype.kind != "f"}
         client = int(dict(context.node_config).get("partition-id", context.node_id))
