@@ -149,7 +149,7 @@ def _all_finite(flat: np.ndarray) -> bool:
 # zstd frames (RFC 8878): a block holds at most 128 KiB of output and takes at least its
 # 3-byte header, so a payload of n bytes can never decompress to more than n / 3 * 128 KiB.
 _ZSTD_BLOCK_MAX = 1 << 17
-_CHUNK = 1 << 20
+_CHUNK = 1 << 18           # decompressed bytes per read: small next to any real window
 
 
 def _check_zstd_container(blob: memoryview, nbytes: int) -> None:

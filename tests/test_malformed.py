@@ -136,3 +136,23 @@ def test_no_single_bit_flip_renames_or_reshapes_a_bundle_tensor_without_checksum
                 continue
             assert got == good, f"flip of bit {bit} changed the layout {good} to {got}"
     assert len(cases[0][0]) < len(sc.encode_bundle(update, codecs))   # still smaller than CRC-32
+
+
+def test_bf16_nan_decodes_under_seterr_raise():
+    # issue 16: a signalling-NaN bf16 value raised FloatingPointError when widened to float64
+    frame = bytearray(bytes(sc.TopK(k=1, values="bf16", allow_nonfinite=True).encode(
+        np.array([0.0, 2.0], np.float64))))
+    frame[-2:] = (0x7F81).to_bytes(2, "little")        # the one value: a signalling NaN
+    with np.errstate(all="raise"):
+        assert np.isnan(sc.decode(bytes(frame))[1])
+        frame[10] &= 0x7F     # config byte (after the 5-byte preamble, 5-byte tensor header)
+        with pytest.raises(sc.CorruptFrameError, match="NaN"):
+            sc.decode(bytes(frame))
+
+
+def test_bf16_keeps_nan_a_nan():
+    # rounding a NaN with a full payload used to carry into the sign: 0x7FFFFFFF became -0.0
+    nans = np.array([0x7FFFFFFF, 0xFFFFFFFF, 0x7F800001, 0x7FC00000], np.uint32).view(np.float32)
+    codec = sc.TopK(k=4, values="bf16", allow_nonfinite=True)
+    got = sc.decode(bytes(codec.encode(nans)))
+    assert np.isnan(got).all() and np.array_equal(np.signbit(got), np.signbit(nans))
