@@ -131,19 +131,22 @@ def is_registered(codec) -> bool:
     cid = getattr(cls, "codec_id", None)
     if not isinstance(cid, str) or not cid:
         raise ConfigError(f"{cls.__name__} needs a non-empty str class attribute codec_id")
-    wire = check_wire_id(getattr(cls, "wire_id", None), cls.__name__, builtin=_is_builtin(cls))
-    by_name, by_wire = registered_codecs().get(cid), _BY_WIRE.get(wire)
+    wire = getattr(cls, "wire_id", None)
+    by_name = registered_codecs().get(cid)
+    by_wire = _BY_WIRE.get(wire) if isinstance(wire, int) else None
     if by_name is cls and by_wire is cls:
         return True
-    if by_name is None and by_wire is None:
-        return False
     taken = [f"{what} is registered by {other.__module__}.{other.__qualname__}"
              for what, other in ((f"codec_id {cid!r}", by_name), (f"wire id {wire}", by_wire))
              if other is not None and other is not cls]
-    raise ConfigError(
-        f"{cls.__name__}'s {' and '.join(taken) or 'ids are registered inconsistently'}: "
-        "sparsecodec.decode would read its frames with another class. Give it its own codec_id "
-        "and a free wire_id (64..123) and decorate it with @sparsecodec.register_codec")
+    if taken or by_name is cls or by_wire is cls:
+        raise ConfigError(
+            f"{cls.__name__}'s {' and '.join(taken) or 'ids are registered inconsistently'}: "
+            "sparsecodec.decode would read its frames with another class. Give it its own "
+            "codec_id and a free wire_id (64..123) and decorate it with "
+            "@sparsecodec.register_codec")
+    check_wire_id(wire, cls.__name__, builtin=_is_builtin(cls))
+    return False
 
 
 def check_frame_properties(codec, x: np.ndarray, *, lossless: bool = False,
