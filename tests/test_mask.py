@@ -412,3 +412,15 @@ def test_subset_without_jit():
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout
+
+
+def test_p_may_be_a_torch_tensor():
+    # side information arrives as the model's tensors: float32, bf16, requires_grad, 0-d
+    torch = pytest.importorskip("torch")
+    mask = torch.rand(64, generator=torch.Generator().manual_seed(0)) < 0.3
+    for p in (torch.full((64,), 0.3), torch.full((64,), 0.3, dtype=torch.bfloat16),
+              torch.full((64,), 0.3, requires_grad=True), torch.tensor(0.3)):
+        frame = MaskCodec().encode(mask, p=p)
+        assert np.array_equal(sc.decode(bytes(frame), p=p), mask.numpy())
+    with pytest.raises(ConfigError, match="device"):
+        MaskCodec().encode(mask, p=torch.full((64,), 0.3, device="meta"))
