@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .errors import SideInfoMismatchError
+from .errors import ConfigError, SideInfoMismatchError
 from .frame import BUNDLE_WIRE_ID, DEFAULT_MAX_NUMEL, SCHEMA_BUNDLE_WIRE_ID, FrameReader
 from .registry import codec_for_wire_id
 
@@ -51,14 +51,16 @@ def side_keys(cls: type) -> tuple[str, ...]:
     return tuple(getattr(cls, "side_keys", ()))
 
 
-def decode(data, *, max_numel: int = DEFAULT_MAX_NUMEL, **side: Any) -> np.ndarray | dict:
+def decode(data, *, max_numel: int = DEFAULT_MAX_NUMEL, out: np.ndarray | None = None,
+           **side: Any) -> np.ndarray | dict:
     """Decode any sparsecodec frame: an array, or ``{name: array}`` for a bundle.
 
     ``max_numel`` caps what a hostile frame can make the decoder allocate. Side information
     (``p=`` for per-entry mask models) is passed through to the codec; for bundles pass
     ``side={name: {...}}`` and, for a bundle encoded against one, ``schema=``. Side
     information the frame's codec does not take is a :class:`~sparsecodec.errors.FrameError`
-    (:class:`~sparsecodec.errors.SideInfoMismatchError`) naming the mismatch.
+    (:class:`~sparsecodec.errors.SideInfoMismatchError`) naming the mismatch. ``out``: an
+    array of the frame's dtype and shape to decode a single tensor into.
     """
     side = {k: v for k, v in side.items() if v is not None}   # None means "not offered"
     r = FrameReader(data, max_numel=max_numel)
@@ -66,9 +68,11 @@ def decode(data, *, max_numel: int = DEFAULT_MAX_NUMEL, **side: Any) -> np.ndarr
         from .bundle import _read_entries
 
         check_side("a bundle", _BUNDLE_KEYS, side)
+        if out is not None:
+            raise ConfigError("out= is for single-tensor frames; this frame is a bundle")
         return _read_entries(r, max_numel, side.get("side") or {}, side.get("schema"))
     cls = codec_for_wire_id(r.wire_id)
     check_side(f"a {cls.codec_id!r} frame", side_keys(cls), side)
-    x = cls._read_body(r, **side)
+    x = cls._read_body(r, out=out, **side)
     r.expect_end()
     return x

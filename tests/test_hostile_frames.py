@@ -246,3 +246,12 @@ def test_side_information_routed_to_the_wrong_codec_is_a_frame_error():
                            side={"w": {"p": probs}})
     assert np.array_equal(got["w"], mask)
     assert crc8(b"") == 0
+
+
+def test_generic_decode_still_takes_out():
+    x = np.arange(6, dtype=np.float32)
+    for codec in (sc.Dense(), sc.TopK(k=2)):
+        out = np.empty_like(x)
+        assert sc.decode(codec.encode(x), out=out) is out
+    with pytest.raises(sc.ConfigError, match="bundle"):
+        sc.decode(sc.encode_bundle({"w": x}, sc.Dense()), out=np.empty_like(x))
