@@ -138,3 +138,27 @@ def test_the_wrapper_drops_replies_that_would_abort_fedavg():
     lenient._sent[1] = {3: ArrayRecord({k: Array(v) for k, v in w0.items()})}
     assert lenient.aggregate_train(1, bad[:1]) == (None, None)
     assert math.isfinite(strategy.ledger.total_bits(direction="up"))
+
+
+def test_the_mod_follows_a_strategy_that_changes_the_dtype():
+    """FedAdam returns float64 weights after a float32 start: the residual follows the dtype."""
+    mod = sparse_update_mod(sc.TopK(k=2))
+    context = Context(run_id=1, node_id=4, node_config={}, state=RecordDict(), run_config={})
+
+    def train(msg, context):
+        w = msg.content["arrays"]["w"].numpy()
+        return Message(RecordDict({"arrays": ArrayRecord({"w": Array(w + np.arange(6, dtype=w.dtype))}),
+                                   "metrics": MetricRecord({"num-examples": 1})}), reply_to=msg)
+
+    from fl.flower import decode_state, decode_update
+
+    for rnd, dtype in ((1, np.float32), (2, np.float64)):
+        sent = ArrayRecord({"w": Array(np.zeros(6, dtype))})
+        msg = Message(metadata=_meta(4), content=RecordDict({"arrays": sent,
+                                                             "config": ConfigRecord({"server-round": rnd})}))
+        got = decode_update(mod(msg, context, train), sent)["w"].numpy()
+        assert got.dtype == dtype
+    # round 2 sends top-2 of update + residual = [0 2 4 6 4 5] (round 1 sent the 4 and the 5)
+    assert got.tolist() == [0, 0, 0, 6, 0, 5]
+    residual = decode_state(context.state["sparsecodec.ef"]["state"]).residual("w")
+    assert residual.dtype == np.float64 and np.array_equal(got + residual, 2 * np.arange(6) - [0, 0, 0, 0, 4, 5])

@@ -225,6 +225,7 @@ def sparse_update_mod(codec: sc.Codec | None = None, *, feedback: bool = True, s
         if feedback:
             saved = context.state.config_records.get(key + ".ef")
             ef = decode_state(saved["state"]) if saved is not None else sc.ErrorFeedback()
+            _follow_dtypes(ef, floats)
         fields = {"record": out_name, "names": json.dumps(list(new))}
         if floats:
             fields.update(_pack(link.send(floats, codec, scope=scope, feedback=ef)))
@@ -246,6 +247,23 @@ def sparse_update_mod(codec: sc.Codec | None = None, *, feedback: bool = True, s
         return reply
 
     return mod
+
+
+def _follow_dtypes(ef: sc.ErrorFeedback, floats: Mapping[str, np.ndarray]) -> None:
+    """Carry a residual over when its tensor changed dtype (``FedAdam`` sends float64 weights
+    after a float32 start), and forget it when the shape changed (a new model)."""
+    state, changed = ef.state_dict(), False
+    for k, v in floats.items():
+        r = state["residuals"].get(k)
+        if r is not None and (r.dtype != v.dtype or r.shape != v.shape):
+            if r.shape == v.shape:
+                state["residuals"][k] = r.astype(v.dtype)
+            else:
+                log.warning("tensor %r changed shape %s -> %s: its residual is dropped", k, r.shape, v.shape)
+                del state["residuals"][k]
+            changed = True
+    if changed:
+        ef.load_state_dict(state)
 
 
 def _messages(rec: Mapping[str, Any]) -> list[Message]:
