@@ -11,6 +11,14 @@ Frame body::
     header   dtype, ndim, dims; config byte (bit 0: shuffle+zstd, bit 7: non-finite allowed)
     values   raw little-endian values, or the zstd frame of the shuffled bytes
 
+Decoding treats the zstd frame as hostile: it must declare its content size, equal to the
+tensor's byte count (our encoder always writes it), and end exactly at the end of the
+payload, and its length must be able to hold that many bytes at zstd's highest ratio; all
+of this is checked before the output is allocated. The byte planes are then streamed
+straight into the output array (``out=`` when given), so a frame needs about 1x its output
+in memory (at most 2x for small tensors, whose zstd window is the whole content). When a
+frame is rejected after that point, what ``out`` holds is unspecified.
+
 Example:
     >>> import numpy as np, sparsecodec as sc
     >>> x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
