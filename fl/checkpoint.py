@@ -98,7 +98,8 @@ def _header(path: Path, head: bytes, raw: bytes, size: int) -> dict[str, Any]:
     except (ValueError, RecursionError):
         raise fail("corrupt checkpoint header (not JSON)") from None
     if not isinstance(header, dict) or set(header) != _HEADER_KEYS:
-        raise fail(f"corrupt checkpoint header (keys {sorted(header)[:8] if isinstance(header, dict) else '?'})")
+        keys = sorted(header)[:8] if isinstance(header, dict) else type(header).__name__
+        raise fail(f"corrupt checkpoint header (keys {keys})")
     n, digest = header["payload_bytes"], header["sha256"]
     if (header["format"] != "fl.checkpoint" or header["version"] != VERSION
             or header["encoding"] != STATE_MAGIC.decode()):

@@ -15,18 +15,22 @@ import fuzz_long  # noqa: E402
 
 def test_a_tiny_run_counts_injected_crash_hang_exception_and_memory(tmp_path):
     n = 400
-    inject = {"crash": 37, "hang": 250, "other": 101, "memory": 160}     # 160 % trace-every 16 == 0
+    inject = {"crash": 37, "hang": 250, "slow": 300, "other": 101, "memory": 5}   # pass 0 is traced
     cmd = [sys.executable, str(ROOT / "tools" / "fuzz_long.py"), "--count", str(n), "--workers", "2",
-           "--quick-corpus", "--timeout", "2", "--out", str(tmp_path), "--progress-every", "1000"]
+           "--quick-corpus", "--timeout", "2", "--confirm-timeout", "3", "--out", str(tmp_path),
+           "--progress-every", "1000"]
     cmd += [a for k, i in inject.items() for a in ("--inject", f"{k}:{i}")]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     res = json.loads((tmp_path / f"fuzz_seed0_n{n}.json").read_text())
     s = res["summary"]
-    assert s["inputs"] == n and (s["crashes"], s["hangs"], s["other_exceptions"], s["over_memory_limit"]) == (1, 1, 1, 1)
+    assert s["inputs"] == n
+    assert (s["crashes"], s["hangs"], s["other_exceptions"], s["over_memory_limit"]) == (1, 1, 1, 1)
+    assert s["slow"] >= 1          # the injected one; a numba compile on a loaded machine may add one
     assert s["silent_changes"] == 0 and 0 < s["ok"] < n
-    kinds = {e["kind"]: e["input"] for e in res["events"]}
-    assert kinds == {"crash": 37, "hang": 250, "other": 101, "memory": 160}
+    kinds = {e["input"]: e["kind"] for e in res["events"]}
+    assert all(kinds[i] == k for k, i in inject.items())
+    assert "alone" in next(e["what"] for e in res["events"] if e["kind"] == "slow")
     targets = res["targets"]
     assert {"decode", "bundle", "state", "checkpoint", "checkpoint_resigned"} <= set(targets)
     documented = {name for t in targets.values() for name in t["documented"]}

@@ -12,10 +12,12 @@ with ``--replay i``. Workers (``multiprocessing``, forked by default) decode und
 size after setup plus ``--as-margin-mib``; the parent watches a shared heartbeat and kills a
 worker stuck on one input for ``--timeout`` seconds. Counted per target:
 
-* crashes (the worker died), hangs (killed after the timeout);
+* crashes (the worker died), hangs (killed after the timeout, then run again alone in a fresh
+  child for ``--confirm-timeout`` seconds: still running is a hang, finished is a "slow" input,
+  e.g. one that waited for numba to compile a kernel while other processes loaded the CPUs);
 * exceptions outside the documented ones (:class:`sparsecodec.SparseCodecError` subclasses;
   ``MemoryError`` under the address-space limit lands here), with reproducers;
-* memory: tracemalloc's peak on every ``--trace-every``-th input against twice the caller's
+* memory: tracemalloc's peak on every ``--trace-every``-th pass over the corpus against twice the caller's
   limit (``max_numel`` x the largest itemsize), and each worker's ``ru_maxrss`` growth;
 * silent changes: a mutated input of a checksummed seed (CRC-32 frames, SHA-256 checkpoints)
   that decodes to something other than the original.
@@ -104,7 +106,8 @@ def build_corpus(seed: int, quick: bool = False) -> list[dict]:
             for values in VALUE_CODERS:
                 add("decode", f"topk-{index}-{values}-{tag}",
                     sc.TopK(k=20, index=index, values=values, checksum=crc).encode(x), crc)
-        add("decode", f"topk-nnz-{tag}", sc.TopK(k="nnz", checksum=crc).encode(np.where(mask, 1.5, 0).astype(np.float32)), crc)
+        sparse = np.where(mask, 1.5, 0).astype(np.float32)
+        add("decode", f"topk-nnz-{tag}", sc.TopK(k="nnz", checksum=crc).encode(sparse), crc)
         for comp in (None, "zstd"):
             for dt in (np.float32, np.float64, np.float16):
                 add("decode", f"dense-{comp or 'raw'}-{np.dtype(dt).name}-{tag}",
@@ -163,7 +166,8 @@ def _states(rng) -> dict[str, Any]:
     w.grad = torch.ones(3, 2)
     opt.step()
     p = {"w": rng.standard_normal((2, 3)).astype(np.float32)}
-    return {"ec": ec, "fedpm-adam": FedPMClientState(opt.state_dict()), "ef21-server": EF21ServerState(p, {1: p}),
+    return {"ec": ec, "fedpm-adam": FedPMClientState(opt.state_dict()),
+            "ef21-server": EF21ServerState(p, {1: p}),
             "proxskip": ProxSkipClientState(p["w"].ravel(), None, 3),
             "plain": {0: (1, 2.5, None, b"\x01"), "lr": [0.1, True], "a": np.arange(4, dtype=np.int64),
                       "t": torch.arange(3, dtype=torch.bfloat16), "s": np.float64(2.0)}}
@@ -274,7 +278,7 @@ def shape_of(x: Any) -> Any:
 
 
 def _new_stats() -> dict:
-    return {"inputs": 0, "ok": 0, "documented": {}, "other": {}, "crashes": 0, "hangs": 0,
+    return {"inputs": 0, "ok": 0, "documented": {}, "other": {}, "crashes": 0, "hangs": 0, "slow": 0,
             "silent_changes": 0, "valid_seed_bytes": 0, "nocrc_single_flip_shape_changes": 0,
             "traced": 0, "peak_traced_bytes": 0, "over_memory_limit": 0}
 
@@ -294,6 +298,8 @@ def _injected(kind: str, limit: int) -> Any:
         os.kill(os.getpid(), 9)
     if kind == "hang":
         time.sleep(3600)
+    if kind == "slow":                  # slow in the worker only, like a first-use compile
+        return time.sleep(5) if limit else None
     if kind == "memory":
         return bytearray(3 * limit)
     raise TypeError("injected: an exception outside SparseCodecError")
@@ -330,7 +336,7 @@ def worker_main(conn, corpus_path: str, seed: int, max_numel: int, trace_every: 
                 s = corpus[j]
                 st = stats.setdefault(s["target"], _new_stats())
                 st["inputs"] += 1
-                traced = trace_every > 0 and i % trace_every == 0
+                traced = trace_every > 0 and (i // len(corpus)) % trace_every == 0   # every seed
                 cur.value, t0.value = i, time.monotonic()
                 if traced:
                     tracemalloc.start()
@@ -404,6 +410,39 @@ class Worker:
         self.proc.join()
 
 
+def _confirm_child(conn, corpus: list[dict], args, i: int) -> None:
+    j, data, _ = mutate(corpus, args.seed, i)
+    with tempfile.TemporaryDirectory() as d:
+        run, times, outcome = Runner(args.max_numel, d), [], ""
+        for _ in range(2):                # the second run shows the cost without first-use work
+            t = time.monotonic()
+            try:
+                run(corpus[j], data) if i not in args.inject else _injected(args.inject[i], 0)
+                outcome = "decoded"
+            except BaseException as exc:
+                outcome = type(exc).__name__
+            times.append(time.monotonic() - t)
+    conn.send((times, outcome))
+
+
+def _confirm(ctx, corpus: list[dict], args, i: int) -> tuple[str, str]:
+    """Run a timed-out input again, alone: ("hang", why) or ("slow", the two run times)."""
+    conn, child = ctx.Pipe()
+    proc = ctx.Process(target=_confirm_child, args=(child, corpus, args, i), daemon=True)
+    proc.start()
+    child.close()
+    got = conn.poll(args.confirm_timeout)
+    result = conn.recv() if got else None
+    proc.kill()
+    proc.join()
+    if result is None:
+        return "hang", (f"no result after {args.timeout} s, nor alone in a fresh child after "
+                        f"{args.confirm_timeout} s")
+    (first, second), outcome = result
+    return "slow", (f"over {args.timeout} s in the worker; alone: {first:.3f} s then {second:.3f} s, "
+                    f"{outcome}")
+
+
 def _merge(total: dict, stats: dict) -> None:
     for target, st in stats.items():
         t = total.setdefault(target, _new_stats())
@@ -440,8 +479,10 @@ def run_fuzz(args) -> dict:
         if i < 0:
             raise RuntimeError(f"a fuzz worker failed during its setup ({what})")
         j, data, _ = mutate(corpus, args.seed, i)
+        if kind == "hang":
+            kind, what = _confirm(ctx, corpus, args, i)
         t = totals.setdefault(corpus[j]["target"], _new_stats())
-        t["crashes" if kind == "crash" else "hangs"] += 1
+        t[{"crash": "crashes", "hang": "hangs", "slow": "slow"}[kind]] += 1
         t["inputs"] += 1
         events.append(_event(kind, corpus[j], i, data, what))
         a, b, skip = w.task
@@ -484,10 +525,11 @@ def run_fuzz(args) -> dict:
                 last = now
                 rate = done / max(now - start, 1e-9)
                 bad = {k: sum(sum(t[k].values()) if isinstance(t[k], dict) else t[k] for t in totals.values())
-                       for k in ("crashes", "hangs", "other", "silent_changes", "over_memory_limit")}
+                       for k in ("crashes", "hangs", "slow", "other", "silent_changes", "over_memory_limit")}
+                eta = (args.count - done) / max(rate, 1e-9) / 60
                 print(f"fuzz {done}/{args.count} ({100 * done / args.count:.1f} %) {rate:.0f}/s "
-                      + " ".join(f"{k} {v}" for k, v in bad.items())
-                      + f" eta {(args.count - done) / max(rate, 1e-9) / 60:.1f} min", file=sys.stderr, flush=True)
+                      + " ".join(f"{k} {v}" for k, v in bad.items()) + f" eta {eta:.1f} min",
+                      file=sys.stderr, flush=True)
     finally:
         for w in workers:
             if w.proc.is_alive():
@@ -500,7 +542,8 @@ def run_fuzz(args) -> dict:
                     w.kill()
         os.unlink(corpus_path)
     elapsed = time.monotonic() - start
-    args.requested, args.count = args.count, done + sum(t["crashes"] + t["hangs"] for t in totals.values())
+    args.requested, args.count = args.count, done + sum(t["crashes"] + t["hangs"] + t["slow"]
+                                              for t in totals.values())
     return _report(args, corpus, totals, events, elapsed, rss_growth)
 
 
@@ -509,11 +552,12 @@ def _report(args, corpus, totals, events, elapsed, rss_growth) -> dict:
 
     def git(*a: str) -> str:
         try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
         except OSError:
             return "?"
 
-    keys = ("inputs", "ok", "crashes", "hangs", "silent_changes", "over_memory_limit")
+    keys = ("inputs", "ok", "crashes", "hangs", "slow", "silent_changes", "over_memory_limit")
     summary = {k: sum(t[k] for t in totals.values()) for k in keys}
     summary["other_exceptions"] = sum(sum(t["other"].values()) for t in totals.values())
     kept: dict[str, int] = {}
@@ -523,10 +567,12 @@ def _report(args, corpus, totals, events, elapsed, rss_growth) -> dict:
         if kept[e["kind"]] <= MAX_EVENTS:
             first.append(e)
     events = first
+    flags = f" --max-numel {args.max_numel}" + (" --quick-corpus" if args.quick_corpus else "")
     for e in events:
-        e["replay"] = f"python tools/fuzz_long.py --seed {args.seed} --replay {e['input']}"
+        e["replay"] = f"python tools/fuzz_long.py --seed {args.seed}{flags} --replay {e['input']}"
     return {"command": " ".join([Path(sys.executable).name, "tools/fuzz_long.py"] + sys.argv[1:]),
-            "seed": args.seed, "count": args.count, "count_requested": args.requested, "workers": args.workers, "max_numel": args.max_numel,
+            "seed": args.seed, "count": args.count, "count_requested": args.requested,
+            "workers": args.workers, "max_numel": args.max_numel,
             "timeout_s": args.timeout, "trace_every": args.trace_every, "as_margin_mib": args.as_margin_mib,
             "quick_corpus": args.quick_corpus, "elapsed_s": round(elapsed, 1),
             "inputs_per_s": round(args.count / max(elapsed, 1e-9), 1),
@@ -548,20 +594,23 @@ def write_results(res: dict, out: Path) -> Path:
              f"`{res['command']}` at {res['git']}: {res['elapsed_s']} s, {res['inputs_per_s']} inputs/s "
              f"({res['workers']} worker(s), nice {res['machine']['nice']}), max_numel={res['max_numel']}, "
              f"timeout {res['timeout_s']} s, RLIMIT_AS = size after setup + {res['as_margin_mib']} MiB, "
-             f"tracemalloc on every {res['trace_every']}th input.", "",
+             f"tracemalloc on every input of every {res['trace_every']}th pass over the corpus.", "",
              f"**crashes {s['crashes']}, hangs {s['hangs']}, exceptions outside SparseCodecError "
              f"{s['other_exceptions']}, silent changes {s['silent_changes']}, traced peaks over 2x the "
-             f"limit {s['over_memory_limit']}**; worker ru_maxrss growth after setup "
+             f"limit {s['over_memory_limit']}**; slow inputs (over the timeout, finished when run again "
+             f"alone) {s['slow']}; worker ru_maxrss growth after setup "
              f"{res['worker_rss_growth_bytes'] / 2**20:.1f} MiB.", "",
-             "| target | inputs | decoded | documented errors | other | crash | hang | silent | "
-             "traced peak (KiB) | no-CRC 1-flip shape changes |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| target | inputs | decoded | documented errors | other | crash | hang | slow | silent | "
+             "traced peak (KiB) | no-CRC 1-flip shape changes |", "|---" * 11 + "|"]
     for name, t in sorted(res["targets"].items()):
         doc = ", ".join(f"{k} {v}" for k, v in sorted(t["documented"].items(), key=lambda kv: -kv[1]))
         other = ", ".join(f"{k} {v}" for k, v in t["other"].items()) or "0"
-        lines.append(f"| {name} | {t['inputs']} | {t['ok']} | {doc} | {other} | {t['crashes']} | {t['hangs']} "
-                     f"| {t['silent_changes']} | {t['peak_traced_bytes'] / 1024:.0f} "
+        lines.append(f"| {name} | {t['inputs']} | {t['ok']} | {doc} | {other} | {t['crashes']} "
+                     f"| {t['hangs']} | {t['slow']} | {t['silent_changes']} "
+                     f"| {t['peak_traced_bytes'] / 1024:.0f} "
                      f"| {t['nocrc_single_flip_shape_changes']} |")
-    lines += ["", f"Corpus: {len(res['corpus'])} seeds (" + ", ".join(c["name"] for c in res["corpus"]) + ").",
+    names = ", ".join(c["name"] for c in res["corpus"])
+    lines += ["", f"Corpus: {len(res['corpus'])} seeds ({names}).",
               "", "## Findings (first of each kind; replay with the command shown)", ""]
     lines += [f"- {e['kind']} in {e['target']} ({e['seed_name']}), input {e['input']}: {e['what']} "
               f"(`{e['replay']}`)" for e in res["events"]] or ["- none"]
@@ -585,7 +634,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-numel", type=int, default=1 << 18)
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per input before a hang")
-    p.add_argument("--trace-every", type=int, default=16, help="tracemalloc on every Nth input (0: never)")
+    p.add_argument("--confirm-timeout", type=float, default=120.0,
+                   help="seconds a timed-out input gets alone in a fresh child before it is a hang")
+    p.add_argument("--trace-every", type=int, default=16,
+                   help="tracemalloc on every Nth pass over the corpus (0: never)")
     p.add_argument("--as-margin-mib", type=int, default=512, help="RLIMIT_AS above the worker's size")
     p.add_argument("--progress-every", type=float, default=30.0)
     p.add_argument("--max-minutes", type=float, default=0.0,
@@ -596,7 +648,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fuzz")
     p.add_argument("--replay", type=int, default=None, help="run input N here and show its outcome")
     p.add_argument("--inject", action="append", default=[], metavar="KIND:N",
-                   help="tests only: at input N, crash|hang|other|memory instead of decoding")
+                   help="tests only: at input N, crash|hang|slow|other|memory instead of decoding")
     args = p.parse_args(argv)
     args.inject = {int(n): k for k, n in (x.split(":") for x in args.inject)}
     if args.replay is not None:

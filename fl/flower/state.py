@@ -386,7 +386,8 @@ def decode_state(data: bytes, *, classes: Iterable[type] = (), max_bytes: int = 
     if n > len(view) - _HEAD:
         raise StateError(f"client state declares a {n}-byte skeleton, only {len(view) - _HEAD} bytes follow")
     if n > max_skeleton_bytes:
-        raise StateError(f"client state skeleton of {n} bytes exceeds max_skeleton_bytes={max_skeleton_bytes}")
+        raise StateError(f"client state skeleton of {n} bytes exceeds "
+                         f"max_skeleton_bytes={max_skeleton_bytes}")
     try:
         skeleton = json.loads(bytes(view[_HEAD:_HEAD + n]))
     except (ValueError, RecursionError) as exc:     # UnicodeDecodeError, JSONDecodeError, int digits
