@@ -37,6 +37,8 @@ import numpy as np
 
 import sparsecodec as sc
 from sparsecodec.errors import ConfigError
+from sparsecodec.packed import PACKED_WIRE_ID
+from sparsecodec.patch import PATCH_WIRE_ID, Patch, decode_patch, patch_bound_bits
 
 __all__ = ["Channel", "Link", "Message", "Ledger", "LedgerRecord", "DIRECTIONS",
            "BUNDLE_OVERHEAD", "SERVER"]
@@ -46,6 +48,7 @@ DIRECTIONS = ("up", "down")
 BUNDLE_OVERHEAD = "_bundle"
 #: The client id used for the server side of a message (ledger rows name the client end).
 SERVER = -1
+_KINDS = {0x7F: "bundle", 0x7E: "schema-bundle", PACKED_WIRE_ID: "compact", PATCH_WIRE_ID: "patch"}
 
 
 @dataclass(frozen=True)
@@ -64,10 +67,17 @@ class Message:
     sections: Mapping[str, int]
     tensor_sections: Mapping[str, Mapping[str, int]]
     numel: int
+    #: the :class:`sparsecodec.MessageSpec` a compact message was encoded against: knowledge
+    #: both ends hold, never on the wire (the receiver passes its own to :meth:`Channel.deliver`)
+    spec: Any = None
 
     @property
     def nbits(self) -> int:
         return 8 * len(self.data)
+
+    @property
+    def wire_id(self) -> int:
+        return self.data[4] if len(self.data) > 4 else -1
 
 
 @dataclass(frozen=True)
@@ -80,17 +90,29 @@ class LedgerRecord:
     nbits: int
     numel: int
     tensor_sections: Mapping[str, Mapping[str, int]]
+    #: what the message's information requires (see :func:`message_bound_bits`); None: not known
+    bound_bits: float | None = None
+    #: what crossed: "bundle", "schema-bundle", "compact", "patch" or another codec's id
+    kind: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"round": self.round, "client": self.client, "direction": self.direction,
-                "nbits": self.nbits, "numel": self.numel,
-                "tensors": {t: dict(s) for t, s in self.tensor_sections.items()}}
+        d = {"round": self.round, "client": self.client, "direction": self.direction,
+             "nbits": self.nbits, "numel": self.numel,
+             "tensors": {t: dict(s) for t, s in self.tensor_sections.items()}}
+        if self.bound_bits is not None:
+            d["bound_bits"] = round(float(self.bound_bits), 3)
+        if self.kind is not None:
+            d["kind"] = self.kind
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "LedgerRecord":
+        bound = d.get("bound_bits")
         return cls(int(d["round"]), int(d["client"]), str(d["direction"]), int(d["nbits"]),
                    int(d["numel"]), {str(t): {str(k): int(v) for k, v in s.items()}
-                                     for t, s in d["tensors"].items()})
+                                     for t, s in d["tensors"].items()},
+                   None if bound is None else float(bound),
+                   None if d.get("kind") is None else str(d["kind"]))
 
 
 class Ledger:
@@ -178,6 +200,8 @@ class Ledger:
 def _tensor_sections(frame: sc.Frame) -> dict[str, dict[str, int]]:
     """Per-tensor bits from the bundle's meta, plus the bundle's own bytes as an entry."""
     per_tensor = {name: dict(s) for name, s in frame.meta["tensors"].items()}
+    if BUNDLE_OVERHEAD in per_tensor:        # compact messages and patches attribute it already
+        return per_tensor
     overhead = dict(frame.sections)
     for sections in per_tensor.values():
         for k, v in sections.items():
@@ -195,10 +219,13 @@ class Link:
     decay schedule) without knowing anything else about the engine.
     """
 
-    def __init__(self, channel: "Channel", round: int, client: int, direction: str) -> None:
+    def __init__(self, channel: "Channel", round: int, client: int, direction: str,
+                 spec: sc.MessageSpec | None = None) -> None:
         if direction not in DIRECTIONS:
             raise ConfigError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         self.channel, self.round, self.client, self.direction = channel, int(round), int(client), direction
+        #: what both ends know about this link's message (compact wire format), or None
+        self.spec = spec
 
     def send(self, tensors: Mapping[str, np.ndarray], codec: sc.Codec | Mapping[str, sc.Codec], *,
              scope: str = "tensor", feedback: sc.ErrorFeedback | None = None,
@@ -212,20 +239,25 @@ class Link:
         if not tensors:
             raise ConfigError("a message needs at least one tensor")
         checksum = self.channel.checksum
+        spec = self.spec
+        if spec is not None and sc.MessageSpec(spec.schema, codec, scope).fingerprint != spec.fingerprint:
+            raise ConfigError("send(): codec/scope differ from the link's MessageSpec (what the "
+                              "receiver expects); fix Algorithm.uplink_spec or the send call")
         if feedback is not None:
             if side:
                 raise ConfigError("side information with error feedback is not supported")
-            frame = feedback.step_bundle(tensors, codec, scope=scope, checksum=checksum)
+            frame = feedback.step_bundle(tensors, codec, scope=scope, checksum=checksum, spec=spec)
+        elif spec is not None:
+            frame = sc.encode_packed(tensors, spec, checksum=checksum, side=side)
         else:
             frame = sc.encode_bundle(tensors, codec, scope=scope, checksum=checksum, side=side)
-        per_tensor = _tensor_sections(frame)
-        return Message(bytes(frame), self.round, self.client, self.direction,
-                       dict(frame.sections), per_tensor, int(frame.numel))
+        return self.channel.message(frame, round=self.round, client=self.client,
+                                    direction=self.direction, spec=spec)
 
     def decode_own(self, message: Message, *,
                    side: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, np.ndarray]:
         """Decode a message this party sent, exactly as the receiver will (EF21 keeps ``g += c``)."""
-        return self.channel.decode(message, side=side)
+        return self.channel.decode(message, side=side, spec=message.spec)
 
 
 class Channel:
@@ -245,21 +277,59 @@ class Channel:
         self.max_numel = int(max_numel)
         self.tap = tap
 
-    def link(self, *, round: int, client: int, direction: str) -> Link:
-        """The sending end for ``client`` (or :data:`SERVER` for a broadcast) in ``round``."""
-        return Link(self, round, client, direction)
+    def link(self, *, round: int, client: int, direction: str,
+             spec: sc.MessageSpec | None = None) -> Link:
+        """The sending end for ``client`` (or :data:`SERVER` for a broadcast) in ``round``;
+        with ``spec``, its message is a compact one (see :mod:`sparsecodec.packed`)."""
+        return Link(self, round, client, direction, spec)
 
-    def decode(self, message: Message, *,
-               side: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, np.ndarray]:
+    def message(self, frame: sc.Frame, *, round: int, client: int, direction: str,
+                spec: sc.MessageSpec | None = None) -> Message:
+        """Wrap an encoded frame (bundle, compact message or patch) as a :class:`Message`."""
+        return Message(bytes(frame), int(round), int(client), direction, dict(frame.sections),
+                       _tensor_sections(frame), int(frame.numel), spec)
+
+    def decode(self, message: Message, *, side: Mapping[str, Mapping[str, Any]] | None = None,
+               spec: sc.MessageSpec | None = None) -> dict[str, np.ndarray]:
         """Decode the bytes of ``message`` (validated: corrupt bytes raise a FrameError)."""
-        return sc.decode_bundle(message.data, max_numel=self.max_numel, side=side)
+        decoded, _, _ = self._parse(message.data, side, spec, None)
+        if isinstance(decoded, Patch):
+            raise ConfigError("a model patch is applied to a replica (fl.downlink.Replica), not decoded")
+        return decoded
+
+    def _parse(self, data: bytes, side, spec, schema) -> tuple[Any, dict | None, float | None]:
+        """(decoded tensors or a Patch, per-tensor sections read off the bytes or None, bound)."""
+        wire_id = data[4] if len(data) > 4 else -1
+        if wire_id == PACKED_WIRE_ID:
+            if spec is None:
+                raise sc.FrameError("a compact message arrived where the receiver holds no "
+                                    "MessageSpec for it (it expects a self-describing bundle)")
+            sections: dict = {}
+            info: dict = {}
+            tensors = sc.decode_packed(data, spec, max_numel=self.max_numel, side=side,
+                                       sections=sections, info=info)
+            return tensors, sections, info["bound_bits"]
+        if wire_id == PATCH_WIRE_ID:
+            if schema is None:
+                raise sc.FrameError("a model patch arrived where the receiver holds no model")
+            patch = decode_patch(data, schema, max_numel=self.max_numel)
+            return patch, patch.sections, patch_bound_bits(schema, {n: s.size for n, s in patch.supports.items()})
+        tensors = sc.decode_bundle(data, max_numel=self.max_numel, side=side)
+        # the receiver's own reading of the bytes (issue 16: never the sender's claims)
+        report = sc.inspect_bundle(data, side=side, max_numel=self.max_numel, verify=False)
+        return tensors, report.tensor_sections(), None
 
     def deliver(self, message: Message, client: int | None = None, *,
-                side: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, np.ndarray]:
+                side: Mapping[str, Mapping[str, Any]] | None = None,
+                spec: sc.MessageSpec | None = None, schema: sc.Schema | None = None) -> Any:
         """Carry ``message`` across the network: record its bits, then decode it from bytes.
 
         For an uplink message the client is its sender; a downlink message needs the
-        receiving ``client``. Bits are recorded before decoding: corrupt bytes were still sent.
+        receiving ``client``. ``spec`` is the receiver's :class:`~sparsecodec.MessageSpec`
+        (compact messages), ``schema`` the receiver's model layout (patches, which are
+        returned as a :class:`sparsecodec.patch.Patch` for the receiver's replica). The
+        ledger's rows are read off the bytes wherever the format allows (compact messages,
+        patches); bits are recorded even when decoding fails: corrupt bytes were still sent.
         """
         if not isinstance(message, Message):
             raise ConfigError(f"deliver() takes a Message from Link.send, got {type(message).__name__}")
@@ -269,8 +339,16 @@ class Channel:
             client = message.client
         elif client is None or client == SERVER:
             raise ConfigError("a downlink message needs the receiving client id")
-        self.ledger.add(LedgerRecord(message.round, int(client), message.direction,
-                                     message.nbits, message.numel, message.tensor_sections))
         if self.tap is not None:
             self.tap(message, int(client))
-        return self.decode(message, side=side)
+        try:
+            decoded, sections, bound = self._parse(message.data, side, spec, schema)
+        except Exception:
+            # still sent: the bytes count, as one row nobody can attribute
+            self.ledger.add(LedgerRecord(message.round, int(client), message.direction, message.nbits,
+                                         message.numel, {BUNDLE_OVERHEAD: {"rejected": message.nbits}},
+                                         None, "rejected"))
+            raise
+        self.ledger.add(LedgerRecord(message.round, int(client), message.direction, message.nbits,
+                                     message.numel, sections, bound, _KINDS.get(message.wire_id)))
+        return decoded

@@ -116,7 +116,8 @@ def cmd_run(args) -> dict[str, Any]:
     s = result.summary
     print(f"{s['algorithm']}: {s['rounds']} rounds, final accuracy {_num(s['final_accuracy'], '.4f')}, "
           f"uplink {s['uplink_bits']} bits ({_num(s['uplink_bpp'], '.4g')} bits/param/client/round), "
-          f"downlink {s['downlink_bits']} bits -> {out}")
+          f"downlink {s['downlink_bits']} bits, {_num(s.get('total_bits_per_client_round'), ',.0f')} "
+          f"bits per client-round in all -> {out}")
     return s
 
 
@@ -125,29 +126,38 @@ def _num(x, spec: str) -> str:
 
 
 def format_table(summaries: Sequence[dict[str, Any]]) -> str:
-    """Final accuracy, uplink bits per client per round, bpp and the ratio to dense FedAvg.
+    """Accuracy and bits per client-round each way, with the ratio to dense FedAvg's total.
 
-    The ratio is FedAvg's measured uplink bits per client-round divided by the algorithm's
-    (how many times fewer bits); without a FedAvg run it is taken against 32 bits/param.
+    Bits per client-round: what one sampled client downloads and uploads in one round,
+    measured on the bytes; "bound" is what the messages' information requires (see
+    ``Simulation.summary``). The ratio is FedAvg's measured total bits per client-round over
+    the algorithm's (how many times fewer bits); without a FedAvg run it is taken against
+    32 bits/param each way.
 
     >>> row = {"algorithm": "fedavg", "num_params": 10, "final_accuracy": 0.9, "wall_seconds": 2.0,
-    ...        "uplink_bits_per_client_round": 400.0, "uplink_bpp": 40.0, "config": {"algo": {}}}
+    ...        "uplink_bits_per_client_round": 400.0, "downlink_bits_per_client_round": 400.0,
+    ...        "total_bits_per_client_round": 800.0, "uplink_bound_bits_per_client_round": 320.0,
+    ...        "downlink_bound_bits_per_client_round": 320.0, "uplink_bpp": 40.0, "config": {"algo": {}}}
     >>> print(format_table([row]))
-    algorithm | final acc | uplink bits/client/round | bpp | x fewer bits than FedAvg | seconds
-    ----------|-----------|--------------------------|-----|--------------------------|--------
-    fedavg    |    0.9000 |                      400 |  40 |                      1.0 |     2.0
+    algorithm | final acc | uplink | (bound) | downlink | (bound) | total | x fewer than FedAvg | seconds
+    ----------|-----------|--------|---------|----------|---------|-------|---------------------|--------
+    fedavg    |    0.9000 |    400 |     320 |      400 |     320 |   800 |                 1.0 |     2.0
     """
     dense = next((s for s in summaries if s["algorithm"] == "fedavg"), None)
-    header = ["algorithm", "final acc", "uplink bits/client/round", "bpp",
-              "x fewer bits than " + ("FedAvg" if dense else "fp32"), "seconds"]
+    header = ["algorithm", "final acc", "uplink", "(bound)", "downlink", "(bound)", "total",
+              "x fewer than " + ("FedAvg" if dense else "fp32"), "seconds"]
     from .plots import label_for
 
     rows = []
     for s in summaries:
-        per = s["uplink_bits_per_client_round"]
-        ref = dense["uplink_bits_per_client_round"] if dense else 32.0 * s["num_params"]
-        rows.append([label_for(s), _num(s["final_accuracy"], ".4f"), _num(per, ",.0f"),
-                     _num(s["uplink_bpp"], ".4g"), _num(ref / per if per else None, ",.1f"),
+        total = s.get("total_bits_per_client_round")
+        ref = dense.get("total_bits_per_client_round") if dense else 64.0 * s["num_params"]
+        rows.append([label_for(s), _num(s["final_accuracy"], ".4f"),
+                     _num(s["uplink_bits_per_client_round"], ",.0f"),
+                     _num(s.get("uplink_bound_bits_per_client_round"), ",.0f"),
+                     _num(s.get("downlink_bits_per_client_round"), ",.0f"),
+                     _num(s.get("downlink_bound_bits_per_client_round"), ",.0f"),
+                     _num(total, ",.0f"), _num(ref / total if total and ref else None, ",.1f"),
                      _num(s.get("wall_seconds"), ".1f")])
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     lines = [" | ".join(h.ljust(w) for h, w in zip(header, widths)),
@@ -180,7 +190,8 @@ def compare(args) -> list[dict[str, Any]]:
     (out / "table.txt").write_text(table + "\n")
     s = summaries[0]
     print(f"{s['dataset']}, {s['model']} ({s['num_params']:,} parameters), {s['rounds']} rounds, "
-          f"{s['clients_per_round']} of {s['clients']} clients per round")
+          f"{s['clients_per_round']} of {s['clients']} clients per round; bits per client-round, "
+          f"uplink wire {s.get('wire')}, downlink {s.get('downlink')}")
     print(table)
     for path in plot_runs([out / c.algorithm for c in configs], out):
         print(f"wrote {path}")

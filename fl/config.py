@@ -34,7 +34,7 @@ of the chosen algorithm's config, defaults included; it resolves to itself.
     >>> resolve_config(algorithm="ec", sets=["sim.clinets=3"])
     Traceback (most recent call last):
     ...
-    sparsecodec.errors.ConfigError: unknown key(s) ['clinets'] in [sim]; valid keys: clients, clients_per_round, eval_every, checkpoint_every, threads, eval_batch_size
+    sparsecodec.errors.ConfigError: unknown key(s) ['clinets'] in [sim]; valid keys: clients, clients_per_round, eval_every, checkpoint_every, threads, eval_batch_size, wire, downlink, downlink_history
 """
 
 from __future__ import annotations
@@ -72,12 +72,28 @@ class SimConfig:
     checkpoint_every: int = 10
     threads: int = 1
     eval_batch_size: int = 1000
+    #: uplink wire format: "compact" (sparsecodec.packed: names, shapes and codec configs are
+    #: what both ends know, k derived where the codec fixes it) or "bundle" (self-describing
+    #: bundles, as every result committed before issue 15)
+    wire: str = "bundle"
+    #: downlink: "patch" (each client gets the smaller of a lossless patch from the version it
+    #: holds and the dense model, fl.downlink) or "dense" (the broadcast to everyone)
+    downlink: str = "dense"
+    #: versions of the model whose changed positions the server keeps for patches
+    downlink_history: int = 8
 
     def __post_init__(self) -> None:
+        choices = {"wire": ("compact", "bundle"), "downlink": ("patch", "dense")}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
+            if f.name in choices:
+                if v not in choices[f.name]:
+                    raise ConfigError(f"sim.{f.name} must be one of {choices[f.name]}, got {v!r}")
+                continue
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"sim.{f.name} must be an int, got {v!r}")
+        if self.downlink_history < 0:
+            raise ConfigError("sim.downlink_history must be >= 0")
         if self.clients < 0 or self.clients_per_round < 0 or self.checkpoint_every < 0:
             raise ConfigError("sim.clients, sim.clients_per_round and sim.checkpoint_every must be >= 0")
         if self.eval_every < 1 or self.threads < 1 or self.eval_batch_size < 1:

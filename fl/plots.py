@@ -1,4 +1,4 @@
-"""Plots of finished runs: accuracy vs round and accuracy vs cumulative uplink bits.
+"""Plots of finished runs: accuracy vs round, vs cumulative uplink bits and vs total bits.
 
 Reads ``metrics.jsonl`` and ``summary.json`` from each run directory (as written by
 ``python -m fl run``) and writes PNGs with matplotlib's non-interactive Agg backend.
@@ -16,10 +16,12 @@ from typing import Any, Sequence
 
 from sparsecodec.errors import ConfigError
 
-__all__ = ["read_run", "plot_runs", "label_for", "ACCURACY_VS_ROUND", "ACCURACY_VS_BITS"]
+__all__ = ["read_run", "plot_runs", "label_for", "ACCURACY_VS_ROUND", "ACCURACY_VS_BITS",
+           "ACCURACY_VS_TOTAL_BITS"]
 
 ACCURACY_VS_ROUND = "accuracy_vs_round.png"
 ACCURACY_VS_BITS = "accuracy_vs_uplink_bits.png"
+ACCURACY_VS_TOTAL_BITS = "accuracy_vs_total_bits.png"
 
 
 def read_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -62,10 +64,12 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike 
     paths = []
     for filename, xkey, xlabel, logx in (
             (ACCURACY_VS_ROUND, "round", "round", False),
-            (ACCURACY_VS_BITS, "cum_uplink_bits", "cumulative uplink bits (all clients)", True)):
+            (ACCURACY_VS_BITS, "cum_uplink_bits", "cumulative uplink bits (all clients)", True),
+            (ACCURACY_VS_TOTAL_BITS, "cum_total_bits", "cumulative bits, uplink + downlink (all clients)", True)):
         fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
         for summary, metrics in runs:
-            points = [(m[xkey], m["accuracy"]) for m in metrics if m.get("accuracy") is not None]
+            points = [(m["cum_uplink_bits"] + m["cum_downlink_bits"] if xkey == "cum_total_bits" else m[xkey],
+                       m["accuracy"]) for m in metrics if m.get("accuracy") is not None]
             if points:
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, marker="o", markersize=3, label=label_for(summary))

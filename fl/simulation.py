@@ -57,6 +57,7 @@ from .algorithms.base import (Algorithm, ClientData, ClientResult, Update, check
 from .channel import SERVER, Channel, Ledger, Message
 from .config import RunConfig, build_config
 from .data import Dataset, load_dataset
+from .downlink import DownlinkServer, Replica, ReplicaMismatchError
 from .models import build_model, count_parameters
 
 __all__ = ["Simulation", "RunResult", "run_simulation", "CHECKPOINT", "METRICS", "SUMMARY",
@@ -128,7 +129,8 @@ class Simulation:
         self.sample_rng = np.random.default_rng(streams[1])
         options = {k: v for k, v in config.model_options.items() if k != "init"}
         init = config.model_options.get("init")
-        self.model = build_model(config.model, generator=torch.Generator().manual_seed(_seed_of(streams[2])),
+        self._model_seed, self._model_options = _seed_of(streams[2]), options
+        self.model = build_model(config.model, generator=torch.Generator().manual_seed(self._model_seed),
                                  init=init, **options)
         self.num_params = count_parameters(self.model)
         task = self.dataset.task
@@ -145,6 +147,16 @@ class Simulation:
                               for c in self.clients}
         self.metrics: list[dict[str, Any]] = []
         self.rounds_done = 0
+        sim = config.sim
+        # the server's patch bookkeeping and each client's model replica (client-side state)
+        self.downlink = DownlinkServer(sim.downlink_history) if sim.downlink == "patch" else None
+        self.replicas: dict[int, Replica] = {}
+        if self.downlink is not None:
+            _check_replica_memory(self.num_params, len(self.clients))
+            # version 0: the initial global model, which each client builds from the seed too
+            self.downlink.publish(0, self.initial_model())
+            self.downlink.known = {c.client_id: 0 for c in self.clients}
+        self._round_spec: sc.MessageSpec | None = None   # the server's spec for this round's uplink
 
     @property
     def ledger(self) -> Ledger:
@@ -167,10 +179,12 @@ class Simulation:
 
         ``side`` is the server's side information for decoding the uplink
         (:meth:`Algorithm.uplink_side`)."""
-        global_params = self.channel.deliver(down, cid)
+        global_params = self._download(cid, down)
         state = copy.deepcopy(self.client_states[cid])   # the old state survives a failure
-        link = self.channel.link(round=t + 1, client=cid, direction="up")
         try:
+            # the client derives the uplink's spec from the model it holds, as the server does
+            link = self.channel.link(round=t + 1, client=cid, direction="up",
+                                     spec=self.uplink_spec(global_params))
             result = self.algorithm.client_update(state, global_params, self.clients[cid], self.cfg, link)
         except Exception as exc:   # any client failure drops that client, never the run
             return None, f"client_update raised {type(exc).__name__}: {exc}"
@@ -182,6 +196,47 @@ class Simulation:
             self.client_states[cid] = result.state
         return update, reason
 
+    def uplink_spec(self, global_params) -> sc.MessageSpec | None:
+        """This round's uplink :class:`~sparsecodec.MessageSpec` (``sim.wire = "compact"``),
+        derived from the global model by both ends; None: self-describing bundles."""
+        if self.config.sim.wire != "compact":
+            return None
+        return self.algorithm.uplink_spec(global_params, self.cfg)
+
+    def initial_model(self) -> dict[str, np.ndarray]:
+        """Version 0 of the global model: what ``init_server`` makes of the seeded model (every
+        party can build it; :mod:`fl.downlink` checks it by digest, never trusts it)."""
+        if getattr(self, "_initial", None) is None:
+            model = build_model(self.config.model, generator=torch.Generator().manual_seed(self._model_seed),
+                                init=self.config.model_options.get("init"), **self._model_options)
+            state = self.algorithm.init_server(model_tensors(model), self.cfg, len(self.clients))
+            self._initial = {n: np.array(a) for n, a in state.params.items()}
+        return self._initial
+
+    def _layout(self) -> sc.Schema:
+        if getattr(self, "_schema", None) is None:
+            self._schema = sc.Schema.from_tensors(self.initial_model())
+        return self._schema
+
+    def _download(self, cid: int, down: Message) -> dict[str, np.ndarray]:
+        """Client ``cid``'s download this round: a patch to its replica where that is smaller,
+        else the dense message; a replica the patch does not fit gets the dense one at once."""
+        if self.downlink is None:
+            return self.channel.deliver(down, cid)
+        replica = self.replicas.get(cid)
+        if replica is None:     # the client's first download: it holds the model it built
+            replica = self.replicas[cid] = Replica(0, self.initial_model())
+        msg = self.downlink.message_for(cid, down, self.channel)
+        try:
+            # the client reads a patch against its own model layout (it built the model)
+            got = self.channel.deliver(msg, cid, schema=self._layout())
+            params = replica.receive(got, msg.round)
+        except ReplicaMismatchError as exc:
+            log.warning("round %d: client %d: %s; sending the dense model", down.round, cid, exc)
+            params = replica.receive(self.channel.deliver(down, cid), down.round)
+        self.downlink.delivered(cid, replica.version)
+        return params
+
     def _receive(self, t: int, cid: int, msg: Message, side, num_samples: int,
                  metrics: dict[str, Any]) -> tuple[Update | None, str | None]:
         """The server's half of one uplink: check who sent it, count its bits, decode it from
@@ -191,7 +246,7 @@ class Simulation:
             return None, (f"message is {msg.direction} from client {msg.client} in round {msg.round}, "
                           f"expected up from client {cid} in round {t + 1}")
         try:
-            tensors = self.channel.deliver(msg, side=side)
+            tensors = self.channel.deliver(msg, side=side, spec=self._round_spec)
             check_finite_tensors(tensors, "decoded update")
             self.algorithm.check_update(self.server, tensors, self.cfg)
         except (FrameError, ValueError) as exc:
@@ -205,6 +260,11 @@ class Simulation:
         down = self.algorithm.broadcast(self.server, self.cfg,
                                         self.channel.link(round=t + 1, client=SERVER, direction="down"))
         side = self.algorithm.uplink_side(self.server, self.cfg)
+        if self.downlink is not None or self.config.sim.wire == "compact":
+            model = self.channel.decode(down)      # what every client holds after its download
+            if self.downlink is not None:
+                self.downlink.publish(t + 1, model)
+            self._round_spec = self.uplink_spec(model)
         updates, dropped = self._run_clients(t, sampled, down, side)
         server_metrics: dict[str, Any] = {}
         if updates:
@@ -259,7 +319,9 @@ class Simulation:
                 "client_states": self.client_states,
                 "sample_rng": self.sample_rng.bit_generator.state,
                 "client_generators": [c.generator.get_state().numpy().tobytes() for c in self.clients],
-                "ledger": self.ledger.state_dict(), "metrics": self.metrics}
+                "ledger": self.ledger.state_dict(), "metrics": self.metrics,
+                "downlink": None if self.downlink is None else self.downlink.state_dict(),
+                "replicas": {str(c): r.state_dict() for c, r in self.replicas.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
@@ -274,6 +336,9 @@ class Simulation:
             c.generator.set_state(torch.from_numpy(np.frombuffer(g, np.uint8).copy()))
         self.ledger.load_state_dict(state["ledger"])
         self.metrics = list(state["metrics"])
+        if self.downlink is not None and state.get("downlink") is not None:
+            self.downlink.load_state_dict(state["downlink"])
+        self.replicas = {int(c): Replica.from_state_dict(r) for c, r in (state.get("replicas") or {}).items()}
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Write atomically (temporary file, then rename): a crash never leaves half a checkpoint."""
@@ -351,6 +416,7 @@ class Simulation:
         n_up = len(led.records(direction="up"))
         evaluated = [m for m in self.metrics if m.get("test_loss") is not None]
         accs = [m["accuracy"] for m in evaluated if m.get("accuracy") is not None]
+        client_rounds = len({(r.round, r.client) for r in led})
         summary = {
             "algorithm": self.config.algorithm, "dataset": self.config.dataset,
             "model": self.config.model, "rounds": self.rounds_done, "num_params": self.num_params,
@@ -364,6 +430,17 @@ class Simulation:
             "uplink_bpp": up / led.total_numel(direction="up") if n_up else None,
             "downlink_bpp": down / led.total_numel(direction="down") if down else None,
             "uplink_sections": led.by_section(direction="up"),
+            "downlink_sections": led.by_section(direction="down"),
+            # per client-round: a sampled client's download(s) and upload in one round
+            "client_rounds": client_rounds,
+            "downlink_bits_per_client_round": down / client_rounds if client_rounds else None,
+            "total_bits_per_client_round": (up + down) / client_rounds if client_rounds else None,
+            "uplink_bound_bits_per_client_round": _bound(led, "up") / client_rounds if client_rounds else None,
+            "downlink_bound_bits_per_client_round": _bound(led, "down") / client_rounds if client_rounds else None,
+            "uplink_median_bits": _median_bits(led, "up"),
+            "downlink_median_bits": _median_bits(led, "down"),
+            "downlink_median_bits_from_round_3": _median_bits(led, "down", first_round=3),
+            "wire": self.config.sim.wire, "downlink": self.config.sim.downlink,
             "dropped_updates": sum(len(m["dropped"]) for m in self.metrics),
             "wall_seconds": wall_seconds,
             "config": self.config.to_dict(),
@@ -374,6 +451,37 @@ class Simulation:
             raise ValueError(f"{type(self.algorithm).__name__}.summarize() may not overwrite {clash}")
         summary.update(extra)
         return summary
+
+
+def _bound(ledger: Ledger, direction: str) -> float:
+    """Sum of the messages' bounds (:attr:`LedgerRecord.bound_bits`); a message without one
+    (a self-describing bundle) counts its payload bits, i.e. everything but its header and
+    checksum sections."""
+    total = 0.0
+    for r in ledger.records(direction=direction):
+        if r.bound_bits is not None:
+            total += r.bound_bits
+        else:
+            total += sum(b for secs in r.tensor_sections.values() for k, b in secs.items()
+                         if k not in ("header", "checksum", "rejected"))
+    return total
+
+
+def _median_bits(ledger: Ledger, direction: str, first_round: int = 1) -> float | None:
+    bits = [r.nbits for r in ledger.records(direction=direction) if r.round >= first_round]
+    return float(np.median(bits)) if bits else None
+
+
+#: in-process patch downlinks keep one model replica per client (client-side state)
+REPLICA_MEMORY_LIMIT = 8 << 30
+
+
+def _check_replica_memory(num_params: int, clients: int) -> None:
+    need = 4 * num_params * clients
+    if need > REPLICA_MEMORY_LIMIT:
+        raise ConfigError(f"sim.downlink='patch' keeps a model replica per client in this process: "
+                          f"{clients} clients x {num_params} parameters = {need / 2**30:.1f} GiB; "
+                          "use sim.downlink='dense' (or fewer clients) for this run")
 
 
 def _check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:

@@ -42,6 +42,7 @@ is not sent when the CRC is on: it seeds the CRC, so a receiver holding another 
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -223,7 +224,8 @@ def encode_packed(tensors: Mapping[str, Any], spec: MessageSpec, *, checksum: bo
         add(name, _body_section(c), 8 * (len(body) - 1))
     data, sections = finish_writer(w, spec.fingerprint, checksum)
     _attribute_overhead(per, sections)
-    frame = Frame(data, sections, sum(plan.numels), "packed", {"tensors": per})
+    frame = Frame(data, sections, sum(plan.numels), "packed",
+                  {"tensors": per, "bound_bits": message_bound_bits(plan, ks, per)})
     if on_encoded is not None:
         for name in names:
             on_encoded(name, results.get(name))
@@ -245,12 +247,13 @@ def _attribute_overhead(per: Sections, sections: Mapping[str, int]) -> None:
 
 def decode_packed(data, spec: MessageSpec, *, max_numel: int = DEFAULT_MAX_NUMEL,
                   side: Mapping[str, Mapping[str, Any]] | None = None,
-                  sections: dict | None = None) -> dict[str, np.ndarray]:
+                  sections: dict | None = None, info: dict | None = None) -> dict[str, np.ndarray]:
     """Decode a compact message against ``spec``; validates everything first.
 
     ``sections``, if a dict, receives the bits per tensor per section read off the bytes
     (name -> {section: bits}, plus ``"_bundle"`` for the message's own), summing to
-    ``8 * len(data)``.
+    ``8 * len(data)``. ``info``, if a dict, receives ``k`` (per TopK tensor) and
+    ``bound_bits`` (:func:`message_bound_bits`).
     """
     plan = _Plan(spec)
     total_numel = sum(plan.numels)
@@ -310,6 +313,9 @@ def decode_packed(data, spec: MessageSpec, *, max_numel: int = DEFAULT_MAX_NUMEL
         add(name, "header", 8)                             # the body's wire id byte
         add(name, _body_section(c), 8 * (length - 1))
     r.expect_end()
+    if info is not None:
+        info["k"] = {names[i]: ks[i] for i in plan.topk}
+        info["bound_bits"] = message_bound_bits(plan, ks, per)
     if sections is not None:
         own = per.setdefault(OVERHEAD, {})
         own["header"] = own.get("header", 0) + head_bits
@@ -320,6 +326,27 @@ def decode_packed(data, spec: MessageSpec, *, max_numel: int = DEFAULT_MAX_NUMEL
         sections.clear()
         sections.update(per)
     return {name: out[name] for name in names}
+
+
+def _log2_comb(n: int, k: int) -> float:
+    return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(2)
+
+
+def message_bound_bits(plan: "_Plan", ks: Mapping[int, int], per: Sections) -> float:
+    """What a compact message's information requires, with zero fixed overhead: each support
+    at ``log2 C(n, k)`` (one ``log2 C(sum n, K)`` for a global top-k; the bound for iid
+    supports, which structured ones can beat), the values as coded, other entries' payloads
+    as coded (their codec's own business)."""
+    total = 0.0
+    if plan.spec.scope == "global":
+        total += _log2_comb(sum(plan.numels[i] for i in plan.topk), sum(ks.values()))
+    else:
+        total += sum(_log2_comb(plan.numels[i], ks[i]) for i in plan.topk)
+    for i in plan.topk:
+        total += per.get(plan.names[i], {}).get("values", 0)
+    for i in plan.other:
+        total += per.get(plan.names[i], {}).get(_body_section(plan.codecs[i]), 0)
+    return total
 
 
 def _body_section(codec: Codec) -> str:

@@ -108,8 +108,9 @@ def test_compare_prints_table_and_plots(tmp_path, capsys):
     assert main(["compare", "--algorithms", "fedavg,ec", "--rounds", "2", "--out", str(out),
                  "--no-progress"] + sets()) == 0
     text = capsys.readouterr().out
-    assert "fedavg" in text and "ec (density=0.25)" in text and "x fewer bits than FedAvg" in text
-    for png in ("accuracy_vs_round.png", "accuracy_vs_uplink_bits.png"):
+    assert "fedavg" in text and "ec (density=0.25)" in text and "x fewer than FedAvg" in text
+    assert "downlink" in text and "total" in text
+    for png in ("accuracy_vs_round.png", "accuracy_vs_uplink_bits.png", "accuracy_vs_total_bits.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "table.txt").is_file()
     assert main(["plot", str(out / "fedavg"), str(out / "ec"), "--out", str(tmp_path / "p")]) == 0
@@ -127,13 +128,16 @@ def test_docstring_examples_run(module):
 def test_table_ratio_is_measured_against_fedavg():
     base = {"num_params": 100, "uplink_bpp": 1.0, "final_accuracy": 0.5, "wall_seconds": 1.0,
             "config": {"algo": {}}}
-    rows = [dict(base, algorithm="fedavg", uplink_bits_per_client_round=3200.0),
+    rows = [dict(base, algorithm="fedavg", uplink_bits_per_client_round=3200.0,
+                 downlink_bits_per_client_round=3200.0, total_bits_per_client_round=6400.0),
             dict(base, algorithm="ec", uplink_bits_per_client_round=32.0,
+                 downlink_bits_per_client_round=32.0, total_bits_per_client_round=64.0,
                  config={"algo": {"density": 0.01}})]
     table = format_table(rows).splitlines()
-    assert table[2].split("|")[4].strip() == "1.0" and table[3].split("|")[4].strip() == "100.0"
-    alone = format_table(rows[1:]).splitlines()
-    assert "fp32" in alone[0] and alone[2].split("|")[4].strip() == "100.0"
+    ratio = table[0].split("|").index(" x fewer than FedAvg ")
+    assert table[2].split("|")[ratio].strip() == "1.0" and table[3].split("|")[ratio].strip() == "100.0"
+    alone = format_table(rows[1:]).splitlines()     # against 32 bits/param each way
+    assert "fp32" in alone[0] and alone[2].split("|")[ratio].strip() == "100.0"
 
 
 @pytest.mark.slow

@@ -204,6 +204,15 @@ class Algorithm:
         raise NotImplementedError
 
     # -- optional hooks (defaults keep the behaviour of the dense-model baselines) -----------
+    def uplink_spec(self, global_params: Mapping[str, np.ndarray], cfg) -> sc.MessageSpec | None:
+        """What both ends know about a client's uplink message, derived from the global model
+        the client received (and the server holds) and the config: the tensors' names, dtypes
+        and shapes and their codecs (:class:`sparsecodec.MessageSpec`). With
+        ``sim.wire = "compact"`` the channel then sends only what the receiver cannot derive.
+        Must match what :meth:`client_update` passes to ``send`` (the link checks).
+        Default: None, self-describing bundles."""
+        return None
+
     def uplink_side(self, state, cfg) -> Mapping[str, Mapping[str, Any]] | None:
         """Side information the server holds for decoding this round's uplink, per tensor
         (``{name: {"p": probs}}``, e.g. FedPM's global keep-probabilities for MaskCodec);

@@ -91,6 +91,11 @@ class EC(Algorithm):
     def init_client(self, client_id: int, cfg: ECConfig) -> ECClientState:
         return ECClientState()
 
+
+    def uplink_spec(self, global_params: Mapping[str, np.ndarray], cfg) -> sc.MessageSpec:
+        """The update's tensors are the model's, each coded as in :meth:`client_update`."""
+        return sc.MessageSpec.from_tensors(global_params, cfg.codec(), cfg.scope)
+
     def client_update(self, state: ECClientState, global_params: Mapping[str, np.ndarray],
                       data: ClientData, cfg: ECConfig, channel: Link) -> ClientResult:
         trained, stats = local_sgd(data, global_params, cfg)

@@ -20,6 +20,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+import sparsecodec as sc
+
 from ..channel import Link
 from .base import (Algorithm, ClientData, ClientResult, ServerResult, ServerState, Tensors,
                    Update, average, check_finite_tensors, local_sgd, subtract)
@@ -53,6 +55,11 @@ class EF21(Algorithm):
 
     def init_client(self, client_id: int, cfg: EF21Config) -> EF21ClientState:
         return EF21ClientState()
+
+
+    def uplink_spec(self, global_params: Mapping[str, np.ndarray], cfg) -> sc.MessageSpec:
+        """The update's tensors are the model's, each coded as in :meth:`client_update`."""
+        return sc.MessageSpec.from_tensors(global_params, cfg.codec(), cfg.scope)
 
     def client_update(self, state: EF21ClientState, global_params: Mapping[str, np.ndarray],
                       data: ClientData, cfg: EF21Config, channel: Link) -> ClientResult:

@@ -36,6 +36,11 @@ class FedAvg(Algorithm):
     description = "FedAvg: local SGD, dense fp32 uplink of the model delta, mean on the server"
     Config = FedAvgConfig
 
+
+    def uplink_spec(self, global_params: Mapping[str, np.ndarray], cfg) -> sc.MessageSpec:
+        """The update's tensors are the model's, each coded as in :meth:`client_update`."""
+        return sc.MessageSpec.from_tensors(global_params, sc.Dense())
+
     def client_update(self, state, global_params: Mapping[str, np.ndarray], data: ClientData,
                       cfg: FedAvgConfig, channel: Link) -> ClientResult:
         trained, stats = local_sgd(data, global_params, cfg)

@@ -18,6 +18,8 @@ from typing import Mapping
 
 import numpy as np
 
+import sparsecodec as sc
+
 from ..channel import Link
 from .base import ClientData, ClientResult, check_finite_tensors, local_sgd, subtract
 from .ec import EC, ECConfig
@@ -32,6 +34,11 @@ class FedAvgTopK(EC):
 
     def init_client(self, client_id: int, cfg: ECConfig) -> None:
         return None
+
+
+    def uplink_spec(self, global_params: Mapping[str, np.ndarray], cfg) -> sc.MessageSpec:
+        """The update's tensors are the model's, each coded as in :meth:`client_update`."""
+        return sc.MessageSpec.from_tensors(global_params, cfg.codec(), cfg.scope)
 
     def client_update(self, state, global_params: Mapping[str, np.ndarray], data: ClientData,
                       cfg: ECConfig, channel: Link) -> ClientResult:

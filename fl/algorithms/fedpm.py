@@ -227,6 +227,11 @@ class FedPM(Algorithm):
             return None
         return {k: {"p": p} for k, p in keep_probabilities(state.params).items()}
 
+    def uplink_spec(self, global_params: Mapping[str, np.ndarray], cfg: FedPMConfig) -> sc.MessageSpec:
+        """One bool mask per score tensor (MaskCodec; the keep-probabilities are side info)."""
+        schema = sc.Schema(tuple((n, "bool", tuple(int(d) for d in a.shape)) for n, a in global_params.items()))
+        return sc.MessageSpec(schema, sc.MaskCodec())
+
     def client_update(self, state: FedPMClientState, global_params: Mapping[str, np.ndarray],
                       data: ClientData, cfg: FedPMConfig, channel: Link) -> ClientResult:
         weights = frozen_weights(data.model)

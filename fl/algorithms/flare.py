@@ -231,6 +231,11 @@ class FLARE(Algorithm):
     def init_client(self, client_id: int, cfg: FLAREConfig) -> FLAREClientState:
         return FLAREClientState()
 
+
+    def uplink_spec(self, global_params: Mapping[str, np.ndarray], cfg) -> sc.MessageSpec:
+        """The update's tensors are the model's, each coded as in :meth:`client_update`."""
+        return sc.MessageSpec.from_tensors(global_params, cfg.codec(), cfg.scope)
+
     def client_update(self, state: FLAREClientState, global_params: Mapping[str, np.ndarray],
                       data: ClientData, cfg: FLAREConfig, channel: Link) -> ClientResult:
         k = channel.round - 1                      # the engine's rounds count from 1

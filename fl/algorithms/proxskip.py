@@ -331,6 +331,12 @@ class ProxSkip(Algorithm):
         # xbar has up to n k non-zeros: send exactly those (lossless for fp32)
         return channel.send(state.params, sc.TopK(k="nnz", index=cfg.index))
 
+    def uplink_spec(self, global_params: Mapping[str, np.ndarray], cfg) -> sc.MessageSpec:
+        """The model's tensors: one global top-k (client pruning) or dense, as sent below."""
+        if self.mode == "client":
+            return sc.MessageSpec.from_tensors(global_params, cfg.codec(), "global")
+        return sc.MessageSpec.from_tensors(global_params, sc.Dense())
+
     def client_update(self, state: ProxSkipClientState, global_params: Mapping[str, np.ndarray],
                       data: ClientData, cfg, channel: Link) -> ClientResult:
         xbar = flatten(global_params)

@@ -237,6 +237,10 @@ class TopKPrune(Algorithm):
         return ServerResult(ServerState(params), metrics)
 
     # -- client -----------------------------------------------------------------------------
+    def uplink_spec(self, global_params: Mapping[str, np.ndarray], cfg) -> sc.MessageSpec:
+        """The model's tensors with :func:`message_codecs` (k = nnz is sent: it is the data)."""
+        return sc.MessageSpec.from_tensors(global_params, message_codecs(global_params, cfg.sparsity > 0))
+
     def client_update(self, state, global_params: Mapping[str, np.ndarray], data: ClientData,
                       cfg, channel: Link) -> ClientResult:
         names = prunable_names(global_params)
