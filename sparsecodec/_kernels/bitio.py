@@ -165,7 +165,8 @@ def flush_bits(buf, acc, free, pos):
     return 8 * pos + 64 - free
 
 
-if numba.config.DISABLE_JIT:
+# numba sets DISABLE_JIT at import (from NUMBA_DISABLE_JIT); its config module does not declare it
+if getattr(numba.config, "DISABLE_JIT", 0):
     def clz64(word):
         """Leading zero bits of a uint64 (64 for 0): the pure-Python twin of the intrinsic."""
         return 64 - int(word).bit_length()

@@ -177,7 +177,9 @@ def check_frame_properties(codec, x: np.ndarray, *, lossless: bool = False,
     json.dumps(cfg)
     assert type(codec).from_config(cfg) == codec, "from_config(get_config()) does not rebuild an equal codec"
     if registered:
-        assert _same(sc.decode(data, **side), y), "sparsecodec.decode differs from codec.decode"
+        generic = sc.decode(data, **side)
+        assert isinstance(generic, np.ndarray) and _same(generic, y), \
+            "sparsecodec.decode differs from codec.decode"
         assert sc.get_codec(cfg) == codec, "get_codec(get_config()) does not rebuild an equal codec"
         bundle = sc.encode_bundle({"t": x}, codec, side={"t": side})
         got = sc.decode_bundle(bytes(bundle), side={"t": side})["t"]
