@@ -23,11 +23,13 @@ import sparsecodec as sc
 from sparsecodec.frame import BUNDLE_WIRE_ID, FrameWriter, crc8
 
 MAX_NUMEL = 1 << 16
-#: Bytes a decode may allocate: twice the largest tensor the caller allows (8-byte items),
-#: plus the decoder's per-index scratch (int64 index + value per kept entry, at most numel
-#: of each) and what is proportional to the input itself.
+
+
 def _budget(data: bytes) -> int:
-    return 2 * 8 * MAX_NUMEL + 2 * 8 * MAX_NUMEL + 8 * len(data) + (1 << 16)
+    """Bytes a decode may allocate: twice the largest tensor the caller allows (8-byte
+    items), plus what is proportional to the input (a top-k frame's int64 index and value
+    per kept entry: each entry takes at least 2 input bytes), plus 64 KiB of slack."""
+    return 2 * 8 * MAX_NUMEL + 8 * len(data) + (1 << 16)
 
 
 SEED = 16
@@ -221,6 +223,17 @@ def test_every_entry_point_on_crafted_headers(entry):
         exc, peak = _decode_under_watch(fns[entry], data)
         assert exc is None or _documented(exc), f"{entry} on {data.hex()}: {exc!r}"
         assert peak <= _budget(data), f"{entry} on {data.hex()} allocated {peak} bytes"
+
+
+def test_the_budget_admits_big_valid_frames_and_nothing_bigger():
+    # tiny frames that legitimately decode to max_numel elements (k = 0, an all-zero mask)
+    for frame in (sc.TopK(k=0).encode(np.zeros(MAX_NUMEL)),
+                  sc.MaskCodec().encode(np.zeros(MAX_NUMEL, bool)),
+                  sc.Dense(compression="zstd").encode(np.zeros(MAX_NUMEL))):
+        exc, peak = _decode_under_watch(lambda d: sc.decode(d, max_numel=MAX_NUMEL), bytes(frame))
+        assert exc is None and MAX_NUMEL <= peak <= _budget(bytes(frame)), (frame, peak)  # >= 1 B/entry
+        exc, _ = _decode_under_watch(lambda d: sc.decode(d, max_numel=MAX_NUMEL - 1), bytes(frame))
+        assert isinstance(exc, sc.LimitExceededError)
 
 
 def test_side_information_routed_to_the_wrong_codec_is_a_frame_error():
