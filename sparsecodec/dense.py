@@ -82,7 +82,7 @@ class Dense(Codec):
         w.u8((1 if self.compression == "zstd" else 0) | (0x80 if self.allow_nonfinite else 0), "header")
         if self.compression == "zstd":
             shuffled = le.view(np.uint8).reshape(-1, x.dtype.itemsize).T.copy()
-            w.raw(zstandard.ZstdCompressor(level=int(self.level)).compress(shuffled), "values")
+            w.raw(zstandard.ZstdCompressor(level=int(self.level)).compress(shuffled.data), "values")
         else:
             w.raw(le.view(np.uint8), "values")
 
@@ -202,14 +202,14 @@ def _unshuffle_zstd(blob: memoryview, flat: np.ndarray, nbytes: int) -> None:
     numel = flat.size
     planes = flat.view(np.uint8).reshape(numel, itemsize)     # planes[:, j] is byte plane j
     direct = itemsize == 1                                     # no shuffle: decode in place
-    chunk = None if direct else np.empty(min(_CHUNK, nbytes), np.uint8)
+    chunk = np.empty(0 if direct else min(_CHUNK, nbytes), np.uint8)
     reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=False)
     pos = 0
     try:
         while pos < nbytes:
             want = min(_CHUNK, nbytes - pos)
             target = planes.reshape(-1)[pos:pos + want] if direct else chunk[:want]
-            got = reader.readinto(memoryview(target))
+            got = reader.readinto(target.data)
             if got <= 0:
                 raise CorruptFrameError(f"dense zstd payload ends after {pos} of {nbytes} bytes")
             if not direct:

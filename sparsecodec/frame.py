@@ -217,6 +217,8 @@ class FrameWriter:
         self._checksum = checksum
         self._body_only = body_only
         if not body_only:
+            if wire_id is None:
+                raise ConfigError("a frame needs a wire_id (only body_only writers may omit it)")
             if entry_checks and (checksum or wire_id not in (BUNDLE_WIRE_ID, SCHEMA_BUNDLE_WIRE_ID)):
                 raise ConfigError("entry_checks is for bundles without a CRC-32")
             flags = (FLAG_CHECKSUM if checksum else 0) | (FLAG_ENTRY_CHECKS if entry_checks else 0)

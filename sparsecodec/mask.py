@@ -128,6 +128,7 @@ class MaskCodec(Codec):
             w.varint(ones, "model")
             w.raw(payload, "mask")
             return
+        src: int | np.ndarray   # the fixed model's quantized p, or the per-entry vector
         if np.ndim(p) == 0:
             model, src = MODEL_FIXED, quantize_probability(p)
         else:
@@ -136,7 +137,7 @@ class MaskCodec(Codec):
         payloads = encode_bernoulli_lanes(flat, src, lanes)
         w.u8(_model_byte(model, lanes), "header")
         if model == MODEL_FIXED:
-            w.varint(src, "model")
+            w.varint(int(src), "model")   # an int here (mypy cannot see it)
         if lanes == 2:
             w.varint(len(payloads[0]), "mask")
         for payload in payloads:
@@ -162,6 +163,7 @@ class MaskCodec(Codec):
         lanes = 2 if byte & _TWO_LANES else 1
         if lanes == 2 and model == MODEL_ADAPTIVE:
             raise CorruptFrameError("the adaptive mask model is coded in one lane, frame says two")
+        src: int | np.ndarray = 0   # the fixed model's quantized p, or the per-entry vector
         if model == MODEL_PER_ENTRY:
             if p is None or np.ndim(p) == 0:
                 raise ConfigError("this mask was coded with per-entry probabilities (side "
