@@ -229,6 +229,12 @@ def decode_bundle(data, *, max_numel: int = DEFAULT_MAX_NUMEL,
 
 def _read_entries(r: FrameReader, max_numel: int, side: Mapping[str, Mapping[str, Any]],
                   schema: Schema | None = None) -> dict:
+    # the caller's arguments, checked before the (untrusted) entries are read
+    if not isinstance(side, Mapping) or not all(v is None or isinstance(v, Mapping)
+                                                for v in side.values()):
+        raise ConfigError("side= is {tensor name: {keyword: value}}, e.g. {'mask': {'p': probs}}")
+    if schema is not None and not isinstance(schema, Schema):
+        raise ConfigError(f"schema= must be a sparsecodec.Schema, got {type(schema).__name__}")
     if r.wire_id == SCHEMA_BUNDLE_WIRE_ID:
         if schema is None:
             raise ConfigError("this bundle was encoded against a Schema: pass the same "

@@ -268,3 +268,10 @@ def test_generic_decode_still_takes_out():
         assert sc.decode(codec.encode(x), out=out) is out
     with pytest.raises(sc.ConfigError, match="bundle"):
         sc.decode(sc.encode_bundle({"w": x}, sc.Dense()), out=np.empty_like(x))
+
+
+def test_bundle_arguments_of_the_wrong_type_are_config_errors():
+    data = sc.encode_bundle({"w": np.zeros(3, np.float32)}, sc.Dense())
+    for kwargs in ({"side": [("w", {})]}, {"side": {"w": 0.5}}, {"schema": ["w"]}):
+        with pytest.raises(sc.ConfigError, match="side=|schema="):
+            sc.decode_bundle(data, **kwargs)
