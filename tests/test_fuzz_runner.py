@@ -30,7 +30,9 @@ def test_a_tiny_run_counts_injected_crash_hang_exception_and_memory(tmp_path):
     assert s["silent_changes"] == 0 and 0 < s["ok"] < n
     kinds = {e["input"]: e["kind"] for e in res["events"]}
     assert all(kinds[i] == k for k, i in inject.items())
-    assert "alone" in next(e["what"] for e in res["events"] if e["kind"] == "slow")
+    what = {e["kind"]: e["what"] for e in res["events"] if e["input"] in inject.values()}
+    assert "s of CPU" in what["slow"] and "alone: " in what["slow"]
+    assert "no result after 3.0 s either" in what["hang"]
     targets = res["targets"]
     assert {"decode", "bundle", "state", "checkpoint", "checkpoint_resigned"} <= set(targets)
     documented = {name for t in targets.values() for name in t["documented"]}

@@ -14,11 +14,12 @@ worker stuck on one input for ``--timeout`` seconds. Counted per target:
 
 * crashes (the worker died), hangs (killed after the timeout, then run again alone in a fresh
   child for ``--confirm-timeout`` seconds: still running is a hang, finished is a "slow" input,
-  e.g. one that waited for numba to compile a kernel while other processes loaded the CPUs);
+  e.g. a worker starved of CPU by other processes; the event gives the worker's CPU seconds
+  spent on the input, from /proc, and the times alone);
 * exceptions outside the documented ones (:class:`sparsecodec.SparseCodecError` subclasses;
   ``MemoryError`` under the address-space limit lands here), with reproducers;
-* memory: tracemalloc's peak on every ``--trace-every``-th pass over the corpus against twice the caller's
-  limit (``max_numel`` x the largest itemsize), and each worker's ``ru_maxrss`` growth;
+* memory: tracemalloc's peak on every ``--trace-every``-th pass over the corpus against twice
+  the caller's limit (``max_numel`` x the largest itemsize), and each worker's ``ru_maxrss`` growth;
 * silent changes: a mutated input of a checksummed seed (CRC-32 frames, SHA-256 checkpoints)
   that decodes to something other than the original.
 
@@ -306,7 +307,7 @@ def _injected(kind: str, limit: int) -> Any:
 
 
 def worker_main(conn, corpus_path: str, seed: int, max_numel: int, trace_every: int,
-                as_margin: int, cur, t0, inject: dict[int, str]) -> None:
+                as_margin: int, cur, t0, c0, inject: dict[int, str]) -> None:
     for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[v] = "1"
     import sparsecodec as sc
@@ -337,7 +338,7 @@ def worker_main(conn, corpus_path: str, seed: int, max_numel: int, trace_every: 
                 st = stats.setdefault(s["target"], _new_stats())
                 st["inputs"] += 1
                 traced = trace_every > 0 and (i // len(corpus)) % trace_every == 0   # every seed
-                cur.value, t0.value = i, time.monotonic()
+                cur.value, c0.value, t0.value = i, time.process_time(), time.monotonic()
                 if traced:
                     tracemalloc.start()
                 try:
@@ -392,11 +393,13 @@ def _event(kind: str, s: dict, i: int, data: bytes, what: str) -> dict:
 # -- the parent ------------------------------------------------------------------------------------
 class Worker:
     def __init__(self, ctx, args, corpus_path: str) -> None:
+        # the heartbeat: input in progress, its start (monotonic, 0: none) and CPU time at start
         self.cur, self.t0 = ctx.Value("q", -1, lock=False), ctx.Value("d", 0.0, lock=False)
+        self.c0 = ctx.Value("d", 0.0, lock=False)
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=worker_main, daemon=True,
                                 args=(child, corpus_path, args.seed, args.max_numel, args.trace_every,
-                                      args.as_margin_mib << 20, self.cur, self.t0, args.inject))
+                                      args.as_margin_mib << 20, self.cur, self.t0, self.c0, args.inject))
         self.proc.start()
         child.close()
         self.task: tuple | None = None
@@ -404,6 +407,12 @@ class Worker:
     def give(self, task: tuple) -> None:
         self.task = task
         self.conn.send(task)
+
+    def cpu_time(self) -> float:
+        """The worker's CPU seconds so far (user + system, /proc), to tell a stall from a hang."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def kill(self) -> None:
         self.proc.kill()
@@ -436,11 +445,9 @@ def _confirm(ctx, corpus: list[dict], args, i: int) -> tuple[str, str]:
     proc.kill()
     proc.join()
     if result is None:
-        return "hang", (f"no result after {args.timeout} s, nor alone in a fresh child after "
-                        f"{args.confirm_timeout} s")
+        return "hang", f"alone in a fresh child, no result after {args.confirm_timeout} s either"
     (first, second), outcome = result
-    return "slow", (f"over {args.timeout} s in the worker; alone: {first:.3f} s then {second:.3f} s, "
-                    f"{outcome}")
+    return "slow", f"alone: {first:.3f} s then {second:.3f} s, {outcome}"
 
 
 def _merge(total: dict, stats: dict) -> None:
@@ -480,7 +487,8 @@ def run_fuzz(args) -> dict:
             raise RuntimeError(f"a fuzz worker failed during its setup ({what})")
         j, data, _ = mutate(corpus, args.seed, i)
         if kind == "hang":
-            kind, what = _confirm(ctx, corpus, args, i)
+            kind, alone = _confirm(ctx, corpus, args, i)
+            what = f"{what}; {alone}"
         t = totals.setdefault(corpus[j]["target"], _new_stats())
         t[{"crash": "crashes", "hang": "hangs", "slow": "slow"}[kind]] += 1
         t["inputs"] += 1
@@ -514,8 +522,9 @@ def run_fuzz(args) -> dict:
                     w.proc.join()
                     workers[k] = lost(w, "crash", f"worker died, exit code {w.proc.exitcode}")
                 elif w.t0.value and time.monotonic() - w.t0.value > args.timeout:
+                    cpu = w.cpu_time() - w.c0.value
                     w.kill()
-                    workers[k] = lost(w, "hang", f"no result after {args.timeout} s")
+                    workers[k] = lost(w, "hang", f"no result after {args.timeout} s ({cpu:.2f} s of CPU)")
             now = time.monotonic()
             if args.max_minutes and now - start > 60 * args.max_minutes and pending:
                 print(f"fuzz: --max-minutes {args.max_minutes} reached, finishing the running chunks",
