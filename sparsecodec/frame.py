@@ -313,7 +313,14 @@ class FrameReader:
         self.buf = buf
         self.pos = start
         self.end = len(buf) if end is None else end
-        self.max_numel = int(max_numel)
+        try:
+            if isinstance(max_numel, (str, bytes)):
+                raise TypeError
+            self.max_numel = int(max_numel)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"max_numel must be a number of elements, got {max_numel!r}") from None
+        if self.max_numel < 0:
+            raise ConfigError(f"max_numel must be >= 0, got {max_numel!r}")
         self.has_checksum = False
         self.entry_checks = False
         if body_only:

@@ -144,3 +144,11 @@ def test_frame_is_bytes_like():
     assert np.array_equal(sc.decode_bundle(bundle)["w"], sc.decode_bundle(bytes(bundle))["w"])
     with pytest.raises(AttributeError, match="immutable"):
         frame.numel = 3
+
+
+def test_max_numel_must_be_a_count():
+    data = bytes(sc.Dense().encode(np.zeros(3, np.float32)))
+    for bad in ("100", None, -1, float("inf"), [3]):
+        with pytest.raises(sc.ConfigError, match="max_numel"):
+            sc.decode(data, max_numel=bad)
+    assert sc.decode(data, max_numel=np.int64(3)).shape == (3,)
