@@ -408,11 +408,12 @@ class Worker:
         self.task = task
         self.conn.send(task)
 
-    def cpu_time(self) -> float:
-        """The worker's CPU seconds so far (user + system, /proc), to tell a stall from a hang."""
+    def cpu_time(self) -> tuple[float, str]:
+        """The worker's CPU seconds so far (user + system) and its scheduler state (R running,
+        S sleeping, D waiting on I/O), from /proc: they tell a stalled worker from a spinning one."""
         with open(f"/proc/{self.proc.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), fields[0]
 
     def kill(self) -> None:
         self.proc.kill()
@@ -522,9 +523,11 @@ def run_fuzz(args) -> dict:
                     w.proc.join()
                     workers[k] = lost(w, "crash", f"worker died, exit code {w.proc.exitcode}")
                 elif w.t0.value and time.monotonic() - w.t0.value > args.timeout:
-                    cpu = w.cpu_time() - w.c0.value
+                    cpu, state = w.cpu_time()
+                    cpu = max(0.0, cpu - w.c0.value)       # /proc counts in 10 ms ticks
                     w.kill()
-                    workers[k] = lost(w, "hang", f"no result after {args.timeout} s ({cpu:.2f} s of CPU)")
+                    workers[k] = lost(w, "hang", f"no result after {args.timeout} s "
+                                                 f"({cpu:.2f} s of CPU, state {state})")
             now = time.monotonic()
             if args.max_minutes and now - start > 60 * args.max_minutes and pending:
                 print(f"fuzz: --max-minutes {args.max_minutes} reached, finishing the running chunks",
