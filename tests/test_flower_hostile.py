@@ -336,7 +336,8 @@ if __name__ == "__main__":        # python tests/test_flower_hostile.py benchmar
              "wrong types and out-of-range numbers. In every round the server dropped that client "
              "with the reason below and went on; the final model is bit-identical to the in-process "
              "run in which that client is dropped every round, and so are each round's accepted "
-             "updates, train loss, accuracy and the other clients' ledger rows (checked by "
+             "updates, train loss, accuracy and the other clients' ledger rows: round, client, "
+             "direction, bits, numel, per-tensor sections (checked by "
              "`_compare`, which raises otherwise).", "",
              "| algorithm | rounds | updates per round | accuracy | reasons the hostile client was dropped |",
              "|---|---|---|---|---|"]
