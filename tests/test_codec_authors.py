@@ -243,6 +243,16 @@ def test_register_codec_accepts_the_user_range(clean_registry, wire_id):
     assert list(registry.USER_WIRE_IDS) == list(range(64, 124))
 
 
+def test_reserved_ids_are_the_message_kinds_wire_ids():
+    from sparsecodec import frame, packed, patch
+
+    assert set(registry.RESERVED_WIRE_IDS) == {
+        frame.BUNDLE_WIRE_ID, frame.SCHEMA_BUNDLE_WIRE_ID, packed.PACKED_WIRE_ID,
+        patch.PATCH_WIRE_ID}
+    codec_ids = {c.wire_id for c in registry.registered_codecs().values()}
+    assert codec_ids <= set(registry.BUILTIN_WIRE_IDS) | set(registry.USER_WIRE_IDS)
+
+
 def test_a_taken_wire_id_is_refused(clean_registry):
     sc.register_codec(Raw)
     other = type("Other", (Raw,), {"codec_id": "test.other", "wire_id": Raw.wire_id})
