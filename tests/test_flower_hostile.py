@@ -168,6 +168,25 @@ def test_unforeseen_exceptions_drop_the_client_unless_strict(fedpm, monkeypatch)
             server.strict = False
 
 
+def test_roll_call_replies_of_any_shape_never_raise():
+    from fl.flower.engine import _partition_id
+
+    assert _partition_id(FakeReply({"fl.node": {"partition-id": 2}})) == 2
+    for reply in (FakeReply({"fl.node": {"partition-id": "2"}}), FakeReply({"fl.node": {"partition-id": True}}),
+                  FakeReply({"fl.node": {}}), FakeReply({}), FakeReply({"fl.node": 5}),
+                  FakeReply(error=SimpleNamespace(code=1, reason="x")), SimpleNamespace()):
+        assert _partition_id(reply) is None
+
+
+def test_a_run_in_which_every_client_failed_raises(monkeypatch):
+    config = resolve_config(algorithm="fedavg", setting="defaults", sets=COMMON + ["rounds=2", "model=logistic-regression"])
+    server = FlowerServer(config, grid=None)
+    monkeypatch.setattr(server, "_run_clients", lambda t, sampled, down, side: (
+        [], [{"client": c, "reason": "no reply from its Flower node"} for c in sampled]))
+    with pytest.raises(RuntimeError, match="every client failed in every round .*no reply from its Flower node"):
+        server.run()
+
+
 # -- the Mod's server half (decode_update / decode_replies, used by the Grid and the Strategy) ------
 def _mod_reply():
     w0 = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "n": np.array(5, np.int64)}
