@@ -1,5 +1,6 @@
 """sparsecodec in your own Flower app: a client Mod that encodes the model update, and the
-server-side decoding (a Grid wrapper, so any Flower strategy works unchanged).
+server-side decoding it pairs with (:class:`fl.flower.SparseUpdateStrategy` around any stock
+strategy; :class:`DecodingGrid` / :func:`decode_replies` for hand-written server loops).
 
 Client: :func:`sparse_update_mod` wraps your ``@app.train()`` function. It remembers the
 model it received (the message's ``ArrayRecord``), lets your function train, then replaces
@@ -9,13 +10,15 @@ with your codec, plus the error-feedback residual (an :class:`sparsecodec.ErrorF
 in the node's ``Context.state``, as bytes). Non-floating arrays (e.g. BatchNorm counters)
 travel losslessly in a second, lossless bundle.
 
-Server: :class:`DecodingGrid` wraps the ``Grid`` your strategy uses. For every train reply
-carrying ``"sparsecodec"`` it decodes the bytes (validated; a corrupt or mismatched reply is
-dropped with a warning), counts them in a :class:`fl.channel.Ledger` and puts back an
-``ArrayRecord`` of weights ``received + update``, so ``FedAvg`` & co. aggregate as usual.
-:func:`decode_update` does the same for one reply, for hand-written server loops.
+Server: :class:`fl.flower.strategy.SparseUpdateStrategy` wraps your strategy (the usual
+way, see the README); :class:`DecodingGrid` wraps the ``Grid`` instead, for server loops that
+call ``grid.send_and_receive`` themselves. Both decode every train reply carrying
+``"sparsecodec"`` from its bytes as hostile input (a corrupt, malformed or mismatched reply is
+dropped with a warning, whatever the exception), count them in a :class:`fl.channel.Ledger`
+and put back an ``ArrayRecord`` of weights ``received + update`` (non-floating arrays as
+sent, 0-d ones 0-d). :func:`decode_update` does the same for one reply.
 
-Runnable example (Flower's simulation engine; ``FedAvg`` sends ``ArrayRecord "arrays"``)::
+Runnable example with the Grid wrapper (Flower's simulation engine)::
 
     import numpy as np, sparsecodec as sc
     from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
