@@ -150,7 +150,7 @@ def _target(out: np.ndarray | None, dtype: np.dtype, shape: tuple[int, ...]) -> 
 
 def _all_finite(flat: np.ndarray) -> bool:
     """NaN/Inf check in slices, so a big tensor needs no tensor-sized boolean temporary."""
-    step = 1 << 20
+    step = 1 << 18
     return all(bool(np.isfinite(flat[i:i + step]).all()) for i in range(0, flat.size, step))
 
 
