@@ -240,6 +240,22 @@ def test_crafted_mod_replies_are_dropped_never_raised():
             decode_update(r, w0)
 
 
+def test_decode_replies_drops_any_exception_unless_strict(monkeypatch):
+    import fl.flower.mod as mod
+
+    w0, honest = _mod_reply()
+    ref = ArrayRecord({k: Array(v) for k, v in w0.items()})
+
+    def boom(*a, **k):
+        raise MemoryError("the decoder ran out of memory")
+
+    monkeypatch.setattr(mod, "decode_update", boom)
+    ok, dropped = decode_replies([honest], lambda r: ref)
+    assert ok == [] and "MemoryError" in dropped[0][1]
+    with pytest.raises(MemoryError):
+        decode_replies([honest], lambda r: ref, strict=True)
+
+
 # -- end to end: FedPM and FLARE on Flower, one node hostile every round ----------------------------
 def _hostile_up(down_round: int, cid: int, num_samples: int) -> dict:
     """Round 1: garbage bytes with consistent claims; round 2: malformed JSON fields;
