@@ -18,7 +18,7 @@ __all__ = ["run_recorded", "load_run"]
 
 
 def run_recorded(argv: list[str], out: Path, command: str, *, resume: bool,
-                 not_results: tuple[str, ...] = ("checkpoint.pkl", "model.sc")) -> int:
+                 not_results: tuple[str, ...] = ("checkpoint.ckpt", "model.sc")) -> int:
     """Run ``python -m fl <argv>`` (whose ``--out`` is ``out``) and record it; returns its status.
 
     ``command`` is the runner's own command line, as a user would retype it. With ``resume`` the

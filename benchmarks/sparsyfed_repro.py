@@ -84,7 +84,7 @@ def cmd_run(args) -> int:
     return run_recorded(fl_argv(args.setup, args.method, args.rounds, args.resume, args.seed),
                         run_dir(args.setup, args.method, args.seed),
                         "python -m benchmarks.sparsyfed_repro " + " ".join(_argv(args)), resume=args.resume,
-                        not_results=("checkpoint.pkl", "model.sc", "ledger.jsonl"))
+                        not_results=("checkpoint.ckpt", "model.sc", "ledger.jsonl"))
 
 
 def _argv(args) -> list[str]:

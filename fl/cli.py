@@ -8,7 +8,7 @@
 
 ``run`` writes ``DIR/metrics.jsonl`` (one line per round), ``DIR/summary.json`` (final
 accuracy, exact uplink/downlink bits, bits per parameter, the full resolved config),
-``DIR/ledger.jsonl``, ``DIR/model.sc`` and ``DIR/checkpoint.pkl``. ``compare`` runs each
+``DIR/ledger.jsonl``, ``DIR/model.sc`` and ``DIR/checkpoint.ckpt``. ``compare`` runs each
 algorithm into ``DIR/<algorithm>``, prints a table and writes the plots into ``DIR``.
 Errors in the configuration exit with status 2 and a message listing the valid choices.
 """
@@ -27,7 +27,8 @@ from sparsecodec.errors import ConfigError
 
 __all__ = ["main", "build_parser", "format_table", "compare"]
 
-DEFAULT_COMPARE = ("fedavg", "ec", "ef21")
+#: ``make demo``: the four sparse-FL algorithms beside FedAvg and EC
+DEFAULT_COMPARE = ("fedavg", "ec", "flare", "sparse-proxskip", "fedpm", "sparsyfed")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--algorithm", help="algorithm name (python -m fl list)")
     _add_run_options(run)
     run.add_argument("--out", help="output directory (default runs/<algorithm>)")
-    run.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pkl")
+    run.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.ckpt")
     run.add_argument("--engine", choices=("inprocess", "flower"), default="inprocess",
                      help="inprocess (default) or flower: Flower's simulation engine (extra [flower])")
     plot = sub.add_parser("plot", help="PNG plots of finished runs")

@@ -34,7 +34,7 @@ of the chosen algorithm's config, defaults included; it resolves to itself.
     >>> resolve_config(algorithm="ec", sets=["sim.clinets=3"])
     Traceback (most recent call last):
     ...
-    sparsecodec.errors.ConfigError: unknown key(s) ['clinets'] in [sim]; valid keys: clients, clients_per_round, eval_every, checkpoint_every, threads, eval_batch_size, wire, downlink, downlink_history
+    sparsecodec.errors.ConfigError: unknown key(s) ['clinets'] in [sim]; valid keys: clients, clients_per_round, eval_every, checkpoint_every, threads, eval_batch_size, wire, downlink, downlink_history, strict
 """
 
 from __future__ import annotations
@@ -75,12 +75,15 @@ class SimConfig:
     #: uplink wire format: "compact" (sparsecodec.packed: names, shapes and codec configs are
     #: what both ends know, k derived where the codec fixes it) or "bundle" (self-describing
     #: bundles, as every result committed before issue 15)
-    wire: str = "bundle"
+    wire: str = "compact"
     #: downlink: "patch" (each client gets the smaller of a lossless patch from the version it
     #: holds and the dense model, fl.downlink) or "dense" (the broadcast to everyone)
-    downlink: str = "dense"
+    downlink: str = "patch"
     #: versions of the model whose changed positions the server keeps for patches
     downlink_history: int = 8
+    #: for developers: re-raise an unforeseen exception while receiving a client's update
+    #: (by default any failure drops that client with its reason, and the round goes on)
+    strict: bool = False
 
     def __post_init__(self) -> None:
         choices = {"wire": ("compact", "bundle"), "downlink": ("patch", "dense")}
@@ -89,6 +92,10 @@ class SimConfig:
             if f.name in choices:
                 if v not in choices[f.name]:
                     raise ConfigError(f"sim.{f.name} must be one of {choices[f.name]}, got {v!r}")
+                continue
+            if f.name == "strict":
+                if not isinstance(v, bool):
+                    raise ConfigError(f"sim.strict must be true or false, got {v!r}")
                 continue
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"sim.{f.name} must be an int, got {v!r}")
@@ -120,12 +127,17 @@ _DEMO_TRAIN = {"lr": 0.05, "momentum": 0.9, "batch_size": 32, "epochs": 1}
 SETTINGS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "demo": {
-        "dataset": "mnist-embedded", "model": "small-cnn", "rounds": 20,
+        "dataset": "mnist-embedded", "model": "small-cnn", "rounds": 10,
         "partition": {"kind": "iid"},
-        "sim": {"clients": 10, "clients_per_round": 5, "eval_every": 1, "checkpoint_every": 5},
+        # every client every round: Sparse-ProxSkip's control variates need full participation
+        "sim": {"clients": 10, "clients_per_round": 0, "eval_every": 1, "checkpoint_every": 5},
         "algo": {"fedavg": dict(_DEMO_TRAIN),
                  "ec": {**_DEMO_TRAIN, "density": 1e-3},
-                 "ef21": {**_DEMO_TRAIN, "density": 1e-3}},
+                 "ef21": {**_DEMO_TRAIN, "density": 1e-3},
+                 "flare": {**_DEMO_TRAIN, "R": 0.1},                 # R in percent: density 1e-3
+                 "sparse-proxskip": {"batch_size": 32, "sparsity": 0.9},
+                 "fedpm": {"lambda_reg": 1.0, "epochs": 1},           # the regularized FedPM
+                 "sparsyfed": {"batch_size": 32}},
     },
     "flare-cnn": {
         "dataset": "mnist-embedded", "model": "flare-cnn", "rounds": 300,

@@ -21,8 +21,9 @@ generator, the client-sampling generator, the model-init ``torch.Generator`` and
 ``torch.Generator`` per client for its minibatch order; ``torch.set_num_threads`` is fixed by
 the config. A checkpoint holds the server and client states, the sampling generator's
 ``bit_generator.state``, every client generator's ``get_state()``, the ledger and the metrics,
-so ``resume`` continues to a bit-identical model, metrics and ledger. Checkpoints are pickles:
-load only your own.
+so ``resume`` continues to a bit-identical model, metrics and ledger. Checkpoints are data, not
+code (:mod:`fl.checkpoint`: no pickle, a SHA-256 digest); they also hold the patch downlink's
+bookkeeping and every client's model replica (:mod:`fl.downlink`).
 
     >>> from fl.config import resolve_config
     >>> cfg = resolve_config(algorithm="fedavg", sets=["rounds=1", "sim.clients=2",
@@ -38,7 +39,6 @@ import copy
 import json
 import logging
 import os
-import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +55,7 @@ from .algorithms import get_algorithm
 from .algorithms.base import (Algorithm, ClientData, ClientResult, Update, check_finite_tensors,
                               model_tensors)
 from .channel import SERVER, Channel, Ledger, Message
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig, build_config
 from .data import Dataset, load_dataset
 from .downlink import DownlinkServer, Replica, ReplicaMismatchError
@@ -66,7 +67,7 @@ __all__ = ["Simulation", "RunResult", "run_simulation", "CHECKPOINT", "METRICS",
 log = logging.getLogger(__name__)
 
 CHECKPOINT, METRICS, SUMMARY, LEDGER, MODEL = (
-    "checkpoint.pkl", "metrics.jsonl", "summary.json", "ledger.jsonl", "model.sc")
+    "checkpoint.ckpt", "metrics.jsonl", "summary.json", "ledger.jsonl", "model.sc")
 CHECKPOINT_FORMAT = 1
 # settings that may change between a checkpoint and its resume without changing the result
 _RESUMABLE_CHANGES = {("rounds",), ("sim", "checkpoint_every")}
@@ -187,8 +188,10 @@ class Simulation:
                                      spec=self.uplink_spec(global_params))
             result = self.algorithm.client_update(state, global_params, self.clients[cid], self.cfg, link)
         except Exception as exc:   # any client failure drops that client, never the run
+            self._forget_version(cid)
             return None, f"client_update raised {type(exc).__name__}: {exc}"
         if not isinstance(result, ClientResult) or not isinstance(result.message, Message):
+            self._forget_version(cid)
             return None, f"client_update returned {type(result).__name__}, not a ClientResult with a Message"
         update, reason = self._receive(t, cid, result.message, side, int(result.num_samples),
                                        dict(result.metrics))
@@ -212,6 +215,12 @@ class Simulation:
             state = self.algorithm.init_server(model_tensors(model), self.cfg, len(self.clients))
             self._initial = {n: np.array(a) for n, a in state.params.items()}
         return self._initial
+
+    def _forget_version(self, cid: int) -> None:
+        """A client that sent no update: the server cannot know which version it holds (on
+        Flower it learns it from the reply), so its next download is dense, in both engines."""
+        if self.downlink is not None:
+            self.downlink.delivered(cid, None)
 
     def _layout(self) -> sc.Schema:
         if getattr(self, "_schema", None) is None:
@@ -251,6 +260,10 @@ class Simulation:
             self.algorithm.check_update(self.server, tensors, self.cfg)
         except (FrameError, ValueError) as exc:
             return None, f"update rejected by the server: {type(exc).__name__}: {exc}"
+        except Exception as exc:   # noqa: BLE001 - a client's bytes: whatever they raise, drop it
+            if self.config.sim.strict:   # developers: an unforeseen error may be our own bug
+                raise
+            return None, f"update rejected by the server (unforeseen): {type(exc).__name__}: {exc}"
         return Update(cid, tensors, num_samples, metrics), None
 
     def step(self) -> dict[str, Any]:
@@ -341,16 +354,17 @@ class Simulation:
         self.replicas = {int(c): Replica.from_state_dict(r) for c, r in (state.get("replicas") or {}).items()}
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Write atomically (temporary file, then rename): a crash never leaves half a checkpoint."""
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump(self.state_dict(), f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
+        """Write atomically, without pickle and with a SHA-256 digest (:mod:`fl.checkpoint`)."""
+        save_checkpoint(path, self.state_dict(), classes=self._state_classes())
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        with open(path, "rb") as f:
-            self.load_state_dict(pickle.load(f))
+        """Load a checkpoint: a corrupt or foreign file is a CheckpointError naming it."""
+        self.load_state_dict(load_checkpoint(path, classes=self._state_classes()))
+
+    def _state_classes(self) -> tuple[type, ...]:
+        """Classes a checkpoint of this run may hold beyond fl.flower.state's registry: the
+        algorithm's own state types (an injected test algorithm may define more)."""
+        return ()
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
@@ -358,10 +372,10 @@ class Simulation:
             on_round: Callable[[dict], None] | None = None) -> RunResult:
         """Run to ``config.rounds`` (or stop after round ``stop_after``, as an interruption).
 
-        With ``out_dir``: ``metrics.jsonl`` grows by one line per round, ``checkpoint.pkl``
+        With ``out_dir``: ``metrics.jsonl`` grows by one line per round, ``checkpoint.ckpt``
         every ``sim.checkpoint_every`` rounds and at the end; at the end ``summary.json``,
         ``ledger.jsonl`` and ``model.sc`` (the global model as a lossless Dense bundle).
-        ``resume=True`` continues from ``out_dir/checkpoint.pkl``.
+        ``resume=True`` continues from ``out_dir/checkpoint.ckpt``.
         """
         out = Path(out_dir) if out_dir is not None else None
         if resume:

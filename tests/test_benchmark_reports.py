@@ -25,7 +25,7 @@ def test_run_recorded_writes_the_record_carries_it_over_a_resume_and_drops_non_r
     record = json.loads((out / "command.json").read_text())
     assert record["command"] == "runner run --rounds 2"
     assert record["fl_command"] == "python -m fl " + " ".join(first)
-    assert (out / "checkpoint.pkl").is_file()                 # kept: not_results=()
+    assert (out / "checkpoint.ckpt").is_file()                 # kept: not_results=()
     # a resumed session adds its wall time to the recorded one and then drops the checkpoint
     record["wall_seconds"] = 100.0
     (out / "command.json").write_text(json.dumps(record))
@@ -34,7 +34,7 @@ def test_run_recorded_writes_the_record_carries_it_over_a_resume_and_drops_non_r
     record = json.loads((out / "command.json").read_text())
     assert record["wall_seconds"] > 100.0
     assert [s["command"] for s in record["sessions"]] == ["runner run --rounds 2", "runner run --resume"]
-    assert not (out / "checkpoint.pkl").exists()
+    assert not (out / "checkpoint.ckpt").exists()
     run = load_run(out)
     assert [m["round"] for m in run["metrics"]] == [1, 2, 3] and run["summary"]["rounds"] == 3
     assert load_run(tmp_path / "missing") is None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from fl.algorithms.base import ClientResult
 from fl.algorithms.ec import EC
 from fl.algorithms.fedavg import FedAvg
 from fl.channel import Channel
+from fl.checkpoint import load_checkpoint
 from fl.config import resolve_config
 from fl.simulation import (CHECKPOINT, LEDGER, METRICS, MODEL, SUMMARY, Simulation, load_model_bytes,
                            run_simulation)
@@ -54,7 +54,7 @@ def test_resume_checks_the_config_and_can_extend_the_run(tmp_path):
     run_simulation(tiny("ec", "rounds=3"), tmp_path / "a")
     with pytest.raises(ConfigError, match="algo.lr"):
         run_simulation(tiny("ec", "rounds=3", "algo.lr=0.3"), tmp_path / "a", resume=True)
-    with pytest.raises(ConfigError, match="checkpoint.pkl"):
+    with pytest.raises(ConfigError, match="checkpoint.ckpt"):
         run_simulation(tiny("ec"), tmp_path / "nothing-here", resume=True)
     extended = run_simulation(tiny("ec", "rounds=5"), tmp_path / "a", resume=True)
     straight = run_simulation(tiny("ec", "rounds=5"), tmp_path / "b")
@@ -66,13 +66,14 @@ def test_resume_checks_the_config_and_can_extend_the_run(tmp_path):
 
 def test_checkpoint_holds_every_random_state(tmp_path):
     run_simulation(tiny("ec"), tmp_path, stop_after=2)
-    with open(tmp_path / CHECKPOINT, "rb") as f:
-        state = pickle.load(f)
+    state = load_checkpoint(tmp_path / CHECKPOINT)       # data, not a pickle (issue 16)
+    assert (tmp_path / CHECKPOINT).read_bytes()[:6] == b"FLCKPT"
     assert state["rounds_done"] == 2 and len(state["client_generators"]) == 6
     assert state["sample_rng"]["bit_generator"] == "PCG64"
     residuals = [s.feedback.state_dict()["residuals"] for s in state["client_states"].values()]
     assert sum(bool(r) for r in residuals) >= 3        # clients that took part keep a residual
     assert len(state["ledger"]) == 2 * 3 * 2           # 2 rounds x 3 clients x (down + up)
+    assert state["downlink"]["version"] == 2 and len(state["replicas"]) >= 3   # the patch downlink
 
 
 def test_sampling_is_m_of_n_seeded_and_eval_follows_the_schedule():
@@ -102,7 +103,8 @@ def test_ec_at_density_1e3_sends_real_topk_frames_and_the_ledger_is_exact(tmp_pa
     assert result.summary["uplink_bits"] == sum(8 * len(m.data) for m in ups)
     codec = sc.TopK(density=1e-3, k_rule="flare")
     for msg in ups:
-        decoded = sc.decode_bundle(msg.data)
+        assert msg.spec is not None          # sim.wire = "compact": the receiver holds the spec
+        decoded = sc.decode_packed(msg.data, msg.spec)
         for name, x in decoded.items():     # FLARE rule: round(size * 1e-3) + 1 per tensor
             assert np.count_nonzero(x) == codec.k_for(x.size), name
             assert msg.tensor_sections[name]["index"] > 0 or x.size == 1
@@ -141,7 +143,9 @@ class Flaky(EC):
 def test_failing_and_nonfinite_clients_are_dropped_with_a_logged_reason(caplog):
     algo = Flaky()
     algo.seen = []
-    config = tiny("ec", "sim.clients_per_round=0", "rounds=2")
+    # self-describing bundles: the server's own checks must catch what a compact spec would
+    # refuse at the sender (another codec, another shape)
+    config = tiny("ec", "sim.clients_per_round=0", "rounds=2", "sim.wire='bundle'")
     sim = Simulation(config, algorithm=algo)
     sim.run(stop_after=1)
     residual_before = {k: v.copy() for k, v in sim.client_states[1].feedback.state_dict()["residuals"].items()}

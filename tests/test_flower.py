@@ -28,6 +28,9 @@ COMMON = ["dataset=mnist-embedded", "rounds=3", "sim.clients=4", "sim.clients_pe
           "partition.kind='contiguous'", "partition.shard_size=150", "sim.eval_every=3"]
 FLARE = COMMON + ["model=small-cnn", "algo.batch_size=50", "algo.lr=0.05", "algo.R=1.0"]
 FEDPM = COMMON + ["model=fedpm-mlp", "algo.epochs=1", "algo.batch_size=50"]
+EC = COMMON + ["model=small-cnn", "algo.batch_size=50", "algo.lr=0.05", "algo.density=0.01"]
+SPARSYFED = COMMON + ["model=small-cnn", "algo.batch_size=50", "algo.lr=0.05"]
+DENSE_WIRE = ["sim.wire='bundle'", "sim.downlink='dense'"]
 
 
 def _same_run(a, b) -> None:
@@ -42,27 +45,34 @@ def _same_run(a, b) -> None:
     assert [[m[k] for k in keys] for m in a.metrics] == [[m[k] for k in keys] for m in b.metrics]
 
 
-def test_flare_and_fedpm_on_flower_equal_the_in_process_engine(tmp_path):
+def test_algorithms_on_flower_equal_the_in_process_engine_and_the_dense_downlink(tmp_path):
     from flwr.simulation import run_simulation as flwr_run_simulation
 
-    configs = [resolve_config(algorithm="flare", setting="defaults", sets=FLARE),
-               resolve_config(algorithm="fedpm", setting="defaults", sets=FEDPM)]
+    runs = [("flare", FLARE), ("fedpm", FEDPM), ("ec", EC), ("sparsyfed", SPARSYFED)]
+    configs = [resolve_config(algorithm=a, setting="defaults", sets=s) for a, s in runs]
     expected = [run_simulation(c) for c in configs]
+    # the patch downlink is lossless: the same models and metrics as the dense downlink
+    dense = [run_simulation(resolve_config(algorithm=a, setting="defaults", sets=s + DENSE_WIRE))
+             for a, s in runs]
     got = []
-    outs = [tmp_path / "flare", tmp_path / "fedpm"]
-    # one Flower federation of 4 SuperNodes runs both configs, one after the other
+    outs = [tmp_path / a for a, _ in runs]
+    # one Flower federation of 4 SuperNodes runs every config, one after the other
     flwr_run_simulation(
         server_app=make_server_app(configs, out_dir=outs, on_result=lambda r, s: got.append(r)),
         client_app=make_client_app(configs), num_supernodes=4,
         backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
-    assert len(got) == 2
-    for config, a, b, out in zip(configs, expected, got, outs):
+    assert len(got) == len(runs)
+    for config, a, b, out, d in zip(configs, expected, got, outs, dense):
         _same_run(a, b)
+        assert all(d.params[k].tobytes() == b.params[k].tobytes() for k in d.params)
+        assert [m["accuracy"] for m in d.metrics] == [m["accuracy"] for m in b.metrics]
         assert b.metrics[-1]["updates"] == 3 and not any(m["dropped"] for m in b.metrics)
+        # issue 15's wire on Flower too: compact uplinks, patches to the nodes' replicas
+        assert {"compact", "patch"} <= {r.kind for r in b.ledger}
         summary = json.loads((out / SUMMARY).read_text())
         assert summary["engine"] == "flower" and summary["algorithm"] == config.algorithm
         assert summary["uplink_bits"] == a.ledger.total_bits(direction="up")
-        assert not (out / "checkpoint.pkl").exists()      # nothing to resume under Flower
+        assert not (out / "checkpoint.ckpt").exists()      # nothing to resume under Flower
 
 
 def test_deployment_superlink_and_two_supernodes_complete_two_rounds(tmp_path):

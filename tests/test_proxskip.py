@@ -207,7 +207,9 @@ def test_local_variant_keeps_the_iterate_k_sparse_and_clipping_bounds_the_step()
 def test_uplink_is_k_sparse_topk_frames_and_the_downlink_is_counted():
     seen = []
     channel = Channel(tap=lambda msg, client: seen.append((msg, client)))
-    sim = make_sim("sparse-proxskip", 2, "algo.sparsity=0.95", channel=channel)
+    # the self-describing wire: this test reads the bundles' own structure
+    sim = make_sim("sparse-proxskip", 2, "algo.sparsity=0.95", "sim.wire='bundle'", "sim.downlink='dense'",
+                   channel=channel)
     sim.run()
     k = sc.k_for(610, density=0.05)
     ups = [m for m, _ in seen if m.direction == "up" and m.round == 2]

@@ -23,6 +23,8 @@ __all__ = ["make_client_app", "client_train", "client_query", "up_fields", "DOWN
 log = logging.getLogger(__name__)
 
 DOWN, UP, ERROR, CLIENT_STATE = "fl.down", "fl.up", "fl.error", "fl.client"
+#: a train reply saying "my model replica does not fit the patch: send the dense model"
+RESYNC = "fl.resync"
 #: run-config keys the deployment apps read (``flwr run --run-config 'fl-out="/abs/dir"'``)
 RUN_CONFIG_KEYS = {"fl-config": "resolved run config as JSON (required)",
                    "fl-out": "absolute output directory on the ServerApp's machine ('' = none)",
@@ -67,12 +69,34 @@ def _config_from_context(context) -> str:
     return _config_json(json.loads(raw))
 
 
-def _count(channel: Channel, message: Message, client: int) -> None:
-    """Record one delivery of ``message`` to ``client`` without decoding it (the client decodes)."""
-    channel.ledger.add(LedgerRecord(message.round, int(client), message.direction, message.nbits,
-                                    message.numel, message.tensor_sections))
-    if channel.tap is not None:
-        channel.tap(message, int(client))
+def _count(channel: Channel, message: Message, client: int, schema: sc.Schema | None = None) -> None:
+    """Record one delivery of ``message`` to ``client``, its rows read off the bytes as the
+    in-process engine does (the server parses what it sends; the client decodes it again)."""
+    channel.deliver(message, client, schema=schema)
+
+
+def _download(sim, saved: dict, data: bytes, rnd: int, max_numel: int) -> dict[str, np.ndarray]:
+    """The node's half of :meth:`fl.simulation.Simulation._download`: apply a patch to the
+    replica kept in ``Context.state`` (version 0: the model this node built from the seed),
+    or take the dense model. A replica the patch does not fit raises ReplicaMismatchError."""
+    from sparsecodec.patch import PATCH_WIRE_ID, decode_patch
+
+    from ..downlink import Replica
+
+    if sim.downlink is None:
+        return sc.decode_bundle(data, max_numel=max_numel)
+    if "replica" in saved:
+        replica = Replica(saved.get("replica_version"), decode_state(saved["replica"], max_numel=max_numel))
+    else:
+        replica = Replica(0, sim.initial_model())
+    saved.pop("replica", None)
+    saved.pop("replica_version", None)       # kept below only once the download fits
+    if len(data) > 4 and data[4] == PATCH_WIRE_ID:
+        params = replica.receive(decode_patch(data, sim._layout(), max_numel=max_numel), rnd)
+    else:
+        params = replica.receive(sc.decode_bundle(data, max_numel=max_numel), rnd)
+    saved["replica"], saved["replica_version"] = encode_state(replica.tensors), int(replica.version)
+    return params
 
 
 # -- client side -----------------------------------------------------------------------------
@@ -148,9 +172,18 @@ def client_train(msg, context, configs: Mapping[str, str] | None = None, data_di
     _set_generator(data.generator, saved.get("generator", env.initial_generators[cid]))
     channel = Channel(checksum=bool(down["checksum"]), max_numel=int(down["max_numel"]))
     records: dict[str, dict[str, Any]]
+    from sparsecodec.patch import ReplicaMismatchError
+
     try:
-        global_params = sc.decode_bundle(bytes(down["data"]), max_numel=channel.max_numel)
-        link = channel.link(round=rnd, client=cid, direction="up")
+        global_params = _download(sim, saved, bytes(down["data"]), rnd, channel.max_numel)
+    except ReplicaMismatchError as exc:
+        context.state[state_key] = ConfigRecord(saved)
+        return _reply(msg, {RESYNC: {"reason": str(exc)}})
+    except Exception as exc:    # a download that does not decode: this round is lost for us
+        context.state[state_key] = ConfigRecord(saved)
+        return _reply(msg, {ERROR: {"reason": f"download rejected: {type(exc).__name__}: {exc}"}})
+    try:
+        link = channel.link(round=rnd, client=cid, direction="up", spec=sim.uplink_spec(global_params))
         from ..algorithms.base import ClientResult
 
         result = sim.algorithm.client_update(state, global_params, data, sim.cfg, link)

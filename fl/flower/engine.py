@@ -7,8 +7,11 @@ metrics, the ledger and the output files are the in-process engine's own code; o
 
     server  S_t = sample();  down = algorithm.broadcast(...)   (one bundle, bytes)
             -> Message("train") to the node of every i in S_t:
-               ConfigRecord "fl.down" {data: bundle bytes, round, client: i, ack, ...}
-    client  global = decode_bundle(data)                        (from the bytes)
+               ConfigRecord "fl.down" {data: bytes, round, client: i, ack, ...}, where data is
+               the bundle, or (sim.downlink = "patch") a patch from the version i holds
+    client  global = decode_bundle(data), or the patch applied to the replica in its
+            Context.state (a replica the patch does not fit replies "fl.resync" and is sent
+            the bundle at once, as in-process)
             state  = decode_state(Context.state["fl.client.<run>"])   (residuals, optimizer ...)
             result = algorithm.client_update(state, global, data_i, cfg, link)
             -> reply ConfigRecord "fl.up" {data: uplink bundle bytes, round, client,
@@ -34,7 +37,7 @@ it), else by sorted node id. Deployment (SuperLink + SuperNodes): ``make_server_
 config as JSON); :func:`fl.flower.deploy.write_flower_app` writes such an app for ``flwr run``.
 
 Not supported under Flower: ``resume`` (client state lives in the nodes' contexts, which a
-new run does not get back), so no ``checkpoint.pkl`` is written.
+new run does not get back), so no ``checkpoint.ckpt`` is written.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from ..channel import Channel, Message
 from ..config import RunConfig, build_config
 from ..simulation import RunResult, Simulation
 from .mod import MalformedReply, _clip, _int, _json, message_fields
-from .client import (CLIENT_STATE, DOWN, ERROR, RUN_CONFIG_KEYS, UP, _config_from_context,
+from .client import (CLIENT_STATE, DOWN, ERROR, RESYNC, RUN_CONFIG_KEYS, UP, _config_from_context,
                      _config_json, _configs, _count, _digest, _run_config_value, make_client_app)
 
 __all__ = ["FlowerServer", "make_server_app", "make_client_app", "run_flower", "parse_reply",
@@ -86,6 +89,30 @@ def parse_reply(records, max_numel: int) -> tuple[Message, int, dict[str, Any]]:
             v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in metrics.values()):
         raise MalformedReply("metrics must be a JSON object of numbers (or null)")
     return msg, num_samples, metrics
+
+
+def _records(reply):
+    try:
+        return None if reply is None or reply.has_error() else reply.content.config_records
+    except Exception:          # a node's reply, not our code
+        return None
+
+
+def _is_resync(reply) -> bool:
+    records = _records(reply)
+    return records is not None and RESYNC in records
+
+
+def _resync_reason(reply) -> str:
+    try:
+        return _clip(str(_records(reply)[RESYNC].get("reason")), 500)
+    except Exception:
+        return "(no reason given)"
+
+
+def _has_update(reply) -> bool:
+    records = _records(reply)
+    return records is not None and UP in records
 
 
 def _partition_id(reply) -> int | None:
@@ -171,18 +198,38 @@ class FlowerServer(Simulation):
 
         if self.nodes is None:
             self.connect()
-        msgs = []
-        for cid in sampled:
-            rec = {"run": self.run_digest, "data": down.data, "round": t + 1, "client": cid, "ack": self.accepted.get(cid, 0),
+        def train(cid: int, data: bytes):
+            rec = {"run": self.run_digest, "data": data, "round": t + 1, "client": cid, "ack": self.accepted.get(cid, 0),
                    "checksum": self.channel.checksum, "max_numel": self.channel.max_numel}
-            msgs.append(FMessage(RecordDict({DOWN: ConfigRecord(rec)}), dst_node_id=self.nodes[cid],
-                                 message_type="train", group_id=str(t + 1)))
+            return FMessage(RecordDict({DOWN: ConfigRecord(rec)}), dst_node_id=self.nodes[cid],
+                            message_type="train", group_id=str(t + 1))
+
+        # each client's download: a patch from the version it holds where that is smaller
+        downs = {cid: (self.downlink.message_for(cid, down, self.channel) if self.downlink is not None
+                       else down) for cid in sampled}
         timeout = self.round_timeout or None
-        replies = {r.metadata.src_node_id: r for r in self.send_and_receive(msgs, timeout)}
+        replies = {r.metadata.src_node_id: r for r in
+                   self.send_and_receive([train(cid, downs[cid].data) for cid in sampled], timeout)}
+        # a node whose replica the patch did not fit asks again: it gets the dense model now
+        resync = [cid for cid in sampled if downs[cid] is not down and _is_resync(replies.get(self.nodes[cid]))]
+        for cid in resync:
+            log.warning("round %d: client %d: %s; sending the dense model", t + 1, cid,
+                        _resync_reason(replies[self.nodes[cid]]))
+        if resync:
+            again = {r.metadata.src_node_id: r for r in
+                     self.send_and_receive([train(cid, down.data) for cid in resync], timeout)}
+            replies.update({self.nodes[cid]: again.get(self.nodes[cid]) for cid in resync})
         updates, dropped = [], []
+        layout = self._layout() if self.downlink is not None else None
         for cid in sampled:          # in order, as the in-process engine: same ledger rows
-            _count(self.channel, down, cid)
-            update, reason = self._accept(t, cid, replies.get(self.nodes[cid]), side)
+            _count(self.channel, downs[cid], cid, layout)
+            if cid in resync:
+                _count(self.channel, down, cid, layout)
+            reply = replies.get(self.nodes[cid])
+            if self.downlink is not None:    # what the node holds now, as far as we can know
+                ok = reply is not None and _has_update(reply)
+                self.downlink.delivered(cid, self.downlink.version if ok else None)
+            update, reason = self._accept(t, cid, reply, side)
             if update is None:
                 log.warning("round %d: client %d dropped: %s", t + 1, cid, reason)
                 dropped.append({"client": cid, "reason": reason})
