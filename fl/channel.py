@@ -292,13 +292,14 @@ class Channel:
     def decode(self, message: Message, *, side: Mapping[str, Mapping[str, Any]] | None = None,
                spec: sc.MessageSpec | None = None) -> dict[str, np.ndarray]:
         """Decode the bytes of ``message`` (validated: corrupt bytes raise a FrameError)."""
-        decoded, _, _ = self._parse(message.data, side, spec, None)
+        decoded, _, _, _ = self._parse(message.data, side, spec, None)
         if isinstance(decoded, Patch):
             raise ConfigError("a model patch is applied to a replica (fl.downlink.Replica), not decoded")
         return decoded
 
-    def _parse(self, data: bytes, side, spec, schema) -> tuple[Any, dict | None, float | None]:
-        """(decoded tensors or a Patch, per-tensor sections read off the bytes or None, bound)."""
+    def _parse(self, data: bytes, side, spec, schema) -> tuple[Any, dict, float | None, int]:
+        """(decoded tensors or a Patch, per-tensor sections, bound, numel), all from the bytes
+        and what the receiver holds (its spec or schema), never from the sender's claims."""
         wire_id = data[4] if len(data) > 4 else -1
         if wire_id == PACKED_WIRE_ID:
             if spec is None:
@@ -308,16 +309,18 @@ class Channel:
             info: dict = {}
             tensors = sc.decode_packed(data, spec, max_numel=self.max_numel, side=side,
                                        sections=sections, info=info)
-            return tensors, sections, info["bound_bits"]
+            return tensors, sections, info["bound_bits"], sum(int(a.size) for a in tensors.values())
         if wire_id == PATCH_WIRE_ID:
             if schema is None:
                 raise sc.FrameError("a model patch arrived where the receiver holds no model")
             patch = decode_patch(data, schema, max_numel=self.max_numel)
-            return patch, patch.sections, patch_bound_bits(schema, {n: s.size for n, s in patch.supports.items()})
+            numel = sum(int(np.prod(shape, dtype=np.int64)) for _, _, shape in schema.entries)
+            return (patch, patch.sections,
+                    patch_bound_bits(schema, {n: s.size for n, s in patch.supports.items()}), numel)
         tensors = sc.decode_bundle(data, max_numel=self.max_numel, side=side)
         # the receiver's own reading of the bytes (issue 16: never the sender's claims)
         report = sc.inspect_bundle(data, side=side, max_numel=self.max_numel, verify=False)
-        return tensors, report.tensor_sections(), None
+        return tensors, report.tensor_sections(), None, sum(int(a.size) for a in tensors.values())
 
     def deliver(self, message: Message, client: int | None = None, *,
                 side: Mapping[str, Mapping[str, Any]] | None = None,
@@ -342,7 +345,7 @@ class Channel:
         if self.tap is not None:
             self.tap(message, int(client))
         try:
-            decoded, sections, bound = self._parse(message.data, side, spec, schema)
+            decoded, sections, bound, numel = self._parse(message.data, side, spec, schema)
         except Exception:
             # still sent: the bytes count, as one row nobody can attribute
             self.ledger.add(LedgerRecord(message.round, int(client), message.direction, message.nbits,
@@ -350,5 +353,5 @@ class Channel:
                                          None, "rejected"))
             raise
         self.ledger.add(LedgerRecord(message.round, int(client), message.direction, message.nbits,
-                                     message.numel, sections, bound, _KINDS.get(message.wire_id)))
+                                     numel, sections, bound, _KINDS.get(message.wire_id)))
         return decoded
