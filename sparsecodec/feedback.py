@@ -81,8 +81,9 @@ class ErrorFeedback:
             flat = e.reshape(-1)
             flat[idx] -= vhat
         else:
-            x_hat = codec.decode(bytes(frame)) if frame is not None else None
-            np.subtract(e, x_hat, out=e)
+            if frame is None:
+                raise RuntimeError("sparsecodec bug: a dense reconstruction needs the frame")
+            np.subtract(e, codec.decode(bytes(frame)), out=e)
 
     # -- one tensor ------------------------------------------------------------------------
     def step(self, name: str, x, codec: Codec) -> Frame:
@@ -137,8 +138,9 @@ class ErrorFeedback:
         decoded = None
         for name, e in acc.items():
             result = sent[name]
-            if isinstance(result, tuple):
-                self._subtract_sent(e, result, codec, None)
+            if isinstance(result, tuple):        # (idx, v_hat): no codec or frame needed
+                idx, vhat = result
+                e.reshape(-1)[idx] -= vhat
             else:   # a codec without a sparse reconstruction: use what the receiver will see
                 if decoded is None:
                     from .bundle import decode_bundle

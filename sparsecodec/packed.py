@@ -113,7 +113,8 @@ class _Plan:
         self.spec = spec
         self.names = [e[0] for e in spec.schema.entries]
         self.entries = spec.schema.entries
-        self.codecs = [spec.codec_for(name) for name in self.names]
+        # TopK's fields (k, values, index...) are read off the entries that are TopK
+        self.codecs: list[Any] = [spec.codec_for(name) for name in self.names]
         self.numels = [int(np.prod(shape, dtype=object)) if shape else 1 for _, _, shape in self.entries]
         self.topk = [i for i, c in enumerate(self.codecs) if _is_topk(c)]
         self.other = [i for i in range(len(self.names)) if i not in set(self.topk)]

@@ -90,7 +90,7 @@ def model_digest(tensors: Mapping[str, Any], schema: Schema) -> int:
         a = as_numpy(tensors[name], what=f"tensor {name!r}")
         if a.dtype != np.dtype(dtype) or tuple(a.shape) != tuple(shape):
             raise ConfigError(f"tensor {name!r} is {a.dtype}{a.shape}, the schema says {dtype}{tuple(shape)}")
-        crc = zlib.crc32(np.ascontiguousarray(a, a.dtype.newbyteorder("<")).reshape(-1).view(np.uint8), crc)
+        crc = zlib.crc32(np.ascontiguousarray(a, a.dtype.newbyteorder("<")).reshape(-1).view(np.uint8).data, crc)
     return crc & 0xFFFFFFFF
 
 
@@ -162,9 +162,9 @@ def encode_patch(target: Mapping[str, Any], supports: Mapping[str, Any], schema:
             raise ConfigError(f"supports[{name!r}] must be strictly ascending positions in [0, {n})")
         vals.append(np.ascontiguousarray(flat[idx], flat.dtype.newbyteorder("<")))
     write_supports(w, entries, idxs, add)
-    for (name, _, _), v in zip(schema.entries, vals):
-        w.raw(v.view(np.uint8), "values")
-        add(name, "values", 8 * v.nbytes)
+    for (name, _, _), chosen in zip(schema.entries, vals):
+        w.raw(chosen.view(np.uint8), "values")
+        add(name, "values", 8 * chosen.nbytes)
     data, sections = finish_writer(w, schema.fingerprint, checksum)
     overhead = dict(sections)
     for name, secs in per.items():
