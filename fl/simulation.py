@@ -158,6 +158,7 @@ class Simulation:
             self.downlink.publish(0, self.initial_model())
             self.downlink.known = {c.client_id: 0 for c in self.clients}
         self._round_spec: sc.MessageSpec | None = None   # the server's spec for this round's uplink
+        self.strict = bool(sim.strict)
 
     @property
     def ledger(self) -> Ledger:
@@ -261,7 +262,7 @@ class Simulation:
         except (FrameError, ValueError) as exc:
             return None, f"update rejected by the server: {type(exc).__name__}: {exc}"
         except Exception as exc:   # noqa: BLE001 - a client's bytes: whatever they raise, drop it
-            if self.config.sim.strict:   # developers: an unforeseen error may be our own bug
+            if self.strict:   # developers: an unforeseen error may be our own bug
                 raise
             return None, f"update rejected by the server (unforeseen): {type(exc).__name__}: {exc}"
         return Update(cid, tensors, num_samples, metrics), None

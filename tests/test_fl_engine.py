@@ -219,3 +219,18 @@ def test_outputs_on_disk(tmp_path):
     assert summary["config"]["algo"]["density"] == 0.2 and summary["rounds"] == 3
     assert summary["uplink_bits"] == sum(json.loads(x)["nbits"] for x in (tmp_path / LEDGER).read_text().splitlines()
                                          if json.loads(x)["direction"] == "up")
+
+
+def test_any_exception_while_receiving_drops_the_client_unless_sim_strict():
+    """Issue 16: whatever a client's bytes make the server raise, that client is dropped and
+    the round goes on; ``sim.strict`` (developers) re-raises what the checks did not foresee."""
+
+    class Boom(FedAvg):
+        def check_update(self, state, tensors, cfg):
+            raise MemoryError("decoded update too big")
+
+    result = run_simulation(tiny("fedavg", "rounds=1"), algorithm=Boom())
+    assert result.metrics[0]["updates"] == 0
+    assert all("MemoryError" in d["reason"] for d in result.metrics[0]["dropped"])
+    with pytest.raises(MemoryError):
+        run_simulation(tiny("fedavg", "rounds=1", "sim.strict=true"), algorithm=Boom())
