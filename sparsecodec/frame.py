@@ -471,15 +471,38 @@ class FrameInfo:
     nbytes: int
 
 
-def frame_info(data) -> FrameInfo:
-    """Inspect a frame's preamble (and verify its checksum) without decoding the payload.
+#: messages that are not one codec's frame, by wire id (see :mod:`sparsecodec.registry`)
+_MESSAGE_KINDS = {BUNDLE_WIRE_ID: "bundle", SCHEMA_BUNDLE_WIRE_ID: "bundle", 0x7D: "packed", 0x7C: "patch"}
+
+
+def frame_info(data, *, verify: bool | None = None) -> FrameInfo:
+    """What a frame's preamble says, without decoding the payload.
+
+    The first 5 bytes suffice (e.g. the start of a stream): ``verify=None`` (the default)
+    checks the CRC-32 only when ``data`` may be the whole frame, i.e. when it is longer than
+    the preamble; ``verify=False`` never does (``nbytes`` is then what was given);
+    ``verify=True`` always does. Compact messages and patches (wire ids 0x7D, 0x7C) carry a
+    CRC seeded with what both ends know: it is checked by their decoders, not here.
 
     >>> import numpy as np, sparsecodec as sc
-    >>> sc.frame_info(bytes(sc.Dense().encode(np.zeros(3, np.float32)))).codec_id
-    'dense'
+    >>> data = bytes(sc.Dense(checksum=True).encode(np.zeros(3, np.float32)))
+    >>> sc.frame_info(data).codec_id, sc.frame_info(data[:5]).has_checksum
+    ('dense', True)
     """
     from .registry import codec_name_for_wire_id
 
-    r = FrameReader(data)
-    return FrameInfo(FORMAT_VERSION, r.wire_id, codec_name_for_wire_id(r.wire_id),
-                     r.has_checksum, len(r.buf))
+    try:
+        buf = memoryview(data).cast("B")
+    except TypeError as exc:
+        raise ConfigError(f"frame_info() needs a bytes-like object, got {type(data).__name__}") from exc
+    if len(buf) < PREAMBLE_BYTES or bytes(buf[0:2]) != MAGIC:
+        FrameReader(buf)            # raises the precise error (bad magic, truncated)
+    if buf[2] != FORMAT_VERSION or buf[3] & ~_KNOWN_FLAGS or buf[3] & FLAG_CHECKSUM not in (0, FLAG_CHECKSUM):
+        FrameReader(buf)            # raises the precise error (version, flags)
+    wire_id = buf[4]
+    kind = _MESSAGE_KINDS.get(wire_id)
+    seeded = wire_id in (0x7D, 0x7C)
+    if (verify or (verify is None and len(buf) > PREAMBLE_BYTES)) and not seeded:
+        FrameReader(buf)            # verifies the CRC-32 of the whole frame
+    name = kind if kind is not None else codec_name_for_wire_id(wire_id)
+    return FrameInfo(FORMAT_VERSION, wire_id, name, bool(buf[3] & FLAG_CHECKSUM), len(buf))

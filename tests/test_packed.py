@@ -213,3 +213,18 @@ def test_hostile_patches_raise_frame_errors():
             continue
         assert all(replica[n].tobytes() == new[n].tobytes() for n in new) and p.version != 1
     assert flips < 8 * len(data)
+
+
+def test_frame_info_reads_a_prefix_and_knows_compact_messages_and_patches():
+    rng = np.random.default_rng(10)
+    x = _model(rng)
+    data = bytes(sc.Dense(checksum=True).encode(x["t0"]))
+    assert sc.frame_info(data[:5]).codec_id == "dense"          # the preamble alone
+    with pytest.raises(FrameError):
+        sc.frame_info(data[:12])                                # a prefix is not the whole frame
+    assert sc.frame_info(data[:12], verify=False).nbytes == 12
+    spec = sc.MessageSpec.from_tensors(x, sc.TopK(k=2))
+    assert sc.frame_info(bytes(sc.encode_packed(x, spec))).codec_id == "packed"
+    schema = sc.Schema.from_tensors(x)
+    patch = encode_patch(x, {}, schema, base=0, version=1)
+    assert sc.frame_info(bytes(patch)).codec_id == "patch"
