@@ -7,7 +7,8 @@ bit-identical (the patch downlink is lossless), so the accuracy columns must agr
 says so or flags it. Bits per client-round are read off the ledger (bytes that crossed), the
 bound beside each is what the messages' information requires (``Simulation.summary``)::
 
-    python -m benchmarks.wire_bits run demo          # the demo setting, six algorithms (~25 min)
+    python -m benchmarks.wire_bits run demo          # the demo setting, six algorithms (~10 min)
+    python -m benchmarks.wire_bits run ec-demo-20    # EC, the demo setting of issue 15's filing
     python -m benchmarks.wire_bits run flare-t2      # FLARE T2, 30 rounds, full MNIST (~10 min)
     python -m benchmarks.wire_bits report            # README.md + results.json from the runs
 
@@ -18,11 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "wire"
+#: the Makefile's SIMD pins (``make demo``): recorded with each run's command
+PINNED_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "NPY_DISABLE_CPU_FEATURES")
 BEFORE = ["--set", "sim.wire='bundle'", "--set", "sim.downlink='dense'"]
 AFTER = ["--set", "sim.wire='compact'", "--set", "sim.downlink='patch'"]
 DEMO_ALGORITHMS = "fedavg,ec,flare,sparse-proxskip,fedpm,sparsyfed"
@@ -32,6 +36,10 @@ SETTINGS = {
     "demo": ["compare", "--setting", "demo", "--algorithms", DEMO_ALGORITHMS],
     "flare-t2": ["run", "--algorithm", "flare", "--config", "benchmarks/configs/flare/cnn.toml",
                  "--rounds", "30"],
+    # EC at density 1e-3 on the demo setting as it was when issue 15 was filed (20 rounds,
+    # 5 of 10 clients per round): 4,080 up + 1,423,376 down bits per client-round then
+    "ec-demo-20": ["run", "--algorithm", "ec", "--setting", "demo", "--rounds", "20",
+                   "--set", "sim.clients_per_round=5"],
 }
 NOTES = {
     "flare-t2": "Both runs were made in one session on one machine (`eval_every` 10, so the accuracy "
@@ -54,7 +62,8 @@ def run(setting: str) -> None:
         print("python -m fl " + " ".join(argv), flush=True)
         if fl_main(argv) != 0:
             raise SystemExit(f"the {tag} run failed")
-        (out / "command.txt").write_text("python -m fl " + " ".join(argv) + "\n")
+        env = " ".join(f"{k}={os.environ[k]!r}" for k in PINNED_ENV if k in os.environ)
+        (out / "command.txt").write_text((env + " " if env else "") + "python -m fl " + " ".join(argv) + "\n")
         for run_dir in [out] + [p for p in out.iterdir() if p.is_dir()]:
             for f in run_dir.iterdir():
                 if f.is_file() and f.name not in KEEP + ("command.txt", "table.txt") and not f.suffix == ".png":

@@ -401,7 +401,8 @@ class Simulation:
                         self.save_checkpoint(out / CHECKPOINT)
                 if bar is not None:
                     bar.set_postfix(acc=_fmt(self.last_accuracy()),
-                                    up_bits=f"{line['cum_uplink_bits']:.3g}", refresh=False)
+                                    up_bits=f"{line['cum_uplink_bits']:.3g}",
+                                    down_bits=f"{line['cum_downlink_bits']:.3g}", refresh=False)
                     bar.update(1)
                 if on_round is not None:
                     on_round(line)
