@@ -35,7 +35,9 @@ demo: $(STAMP)
 	$(PIN_SIMD) $(BIN)/python -m sparsecodec.demo
 	$(PIN_SIMD) $(BIN)/python -m fl compare --out runs/demo
 
+# mypy first: the package is typed (py.typed) and must stay clean (mypy is in the [test] extra)
 test: $(TEST_STAMP)
+	$(BIN)/python -m mypy sparsecodec
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
