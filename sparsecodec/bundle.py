@@ -48,7 +48,7 @@ import numpy as np
 
 from ._arrays import as_numpy
 from .abc import Codec
-from .errors import ConfigError, CorruptFrameError, LimitExceededError
+from .errors import ConfigError, CorruptFrameError, LimitExceededError, SideInfoMismatchError
 from .frame import (BUNDLE_WIRE_ID, DEFAULT_MAX_NUMEL, SCHEMA_BUNDLE_WIRE_ID, Frame, FrameReader,
                     FrameWriter, crc8)
 from .generic import check_side, side_keys
@@ -237,8 +237,10 @@ def _read_entries(r: FrameReader, max_numel: int, side: Mapping[str, Mapping[str
         raise ConfigError(f"schema= must be a sparsecodec.Schema, got {type(schema).__name__}")
     if r.wire_id == SCHEMA_BUNDLE_WIRE_ID:
         if schema is None:
-            raise ConfigError("this bundle was encoded against a Schema: pass the same "
-                              "schema=sc.Schema.from_tensors(model) to decode it")
+            # a FrameError too: a flipped wire id (0x7F -> 0x7E) lands here (tools/fuzz_long.py)
+            raise SideInfoMismatchError("this bundle was encoded against a Schema: pass the same "
+                                        "schema=sc.Schema.from_tensors(model) to decode it (or the "
+                                        "message is corrupt)")
         stored = int.from_bytes(r.take(4, "schema fingerprint"), "little")
         if stored != schema.fingerprint:
             raise CorruptFrameError(

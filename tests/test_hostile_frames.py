@@ -275,3 +275,9 @@ def test_bundle_arguments_of_the_wrong_type_are_config_errors():
     for kwargs in ({"side": [("w", {})]}, {"side": {"w": 0.5}}, {"schema": ["w"]}):
         with pytest.raises(sc.ConfigError, match="side=|schema="):
             sc.decode_bundle(data, **kwargs)
+
+
+def test_a_flipped_bundle_wire_id_is_a_frame_error():
+    """Found by tools/fuzz_long.py (1M run): 0x7F -> 0x7E asked for a schema with a ConfigError."""
+    with pytest.raises(sc.FrameError, match="Schema"):
+        sc.decode_bundle(bytes.fromhex("5343010c7e01017713cd020101010361000000803f0000803f0000803f"))
