@@ -91,12 +91,12 @@ def test_hypothesis_is_only_needed_by_sparsecodec_testing():
     assert "pip install 'sparsecodec[testing]'" in r.stdout
 
 
-def test_benchmarks_is_not_an_installed_package():
+@pytest.mark.parametrize("name", ["benchmarks", "fl"])
+def test_top_level_names_that_collide_are_not_installed(name):
     include = _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]
-    assert not any(p.startswith("benchmarks") for p in include)
+    assert include == ["sparsecodec*"]
     # outside the checkout the name is free (no editable finder maps it to ours)
-    r = _run("import importlib.util; print(importlib.util.find_spec('benchmarks'))",
-             cwd=Path("/"))
+    r = _run(f"import importlib.util; print(importlib.util.find_spec({name!r}))", cwd=Path("/"))
     assert r.returncode == 0, r.stderr
     spec_line = r.stdout.strip()
     assert str(ROOT) not in spec_line, spec_line

@@ -121,6 +121,9 @@ class LocalFederation:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="fl-flower-"))
         self.node_configs = list(node_configs or [f"partition-id={i} num-partitions={n}" for i in range(n)])
         self.env = {**os.environ, **(env or {}), "FLWR_HOME": str(self.workdir / "flwr-home")}
+        # fl runs from the checkout (it is not installed): the processes, started elsewhere, get its path
+        checkout = str(Path(__file__).resolve().parents[2])
+        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (checkout, self.env.get("PYTHONPATH", "")) if p)
         # the SuperLink / SuperNodes start flower-superexec etc. by name: the venv's bin first
         self.env["PATH"] = os.pathsep.join([str(Path(_bin("flower-superlink")).parent),
                                             self.env.get("PATH", "")])
