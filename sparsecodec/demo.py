@@ -75,6 +75,13 @@ def main() -> None:
     print(f"\nFLARE's rule at R = 0.001 % ({len(update)} tensors, "
           f"round(size*R/100)+1 each): {plain.nbits:,} bits per message, header {plain.sections['header']:,};"
           f"\nwith a shared sc.Schema: {compact.nbits:,} bits, header {compact.sections['header']:,}.")
+    spec = sc.MessageSpec.from_tensors(update, codec)
+    packed = sc.encode_packed(update, spec)
+    ks = [codec.k_for(int(np.size(v))) for v in update.values()]
+    bound = sum(sc.bounds.topk_index_bits(int(np.size(v)), k) for v, k in zip(update.values(), ks)) + 32 * sum(ks)
+    print(f"as a compact message (sc.MessageSpec: names, shapes, codec and k known to both ends): "
+          f"{packed.nbits:,} bits, header + CRC {packed.sections['header'] + packed.sections['checksum']}, "
+          f"against a bound of {bound:,.0f} (index at log2 C(n, k) + fp32 values).")
 
 
 if __name__ == "__main__":
