@@ -89,7 +89,7 @@ def test_config_file_layers_and_set_overrides(tmp_path):
     assert (cfg.algo.lr, cfg.algo.R, cfg.algo.momentum) == (0.3, 0.01, 0.99)    # paper default kept
     assert (cfg.sim.clients_per_round, cfg.sim.eval_every, cfg.partition["shard_size"]) == (3, 5, 600)
     assert build_config(cfg.to_dict()) == cfg                     # the resolved config resolves to itself
-    assert resolve_config(file=toml, setting="demo").model == "small-cnn"
+    assert resolve_config(file=toml, setting="demo").model == "fedpm-mlp"
     # a later layer's common key beats an earlier layer's per-algorithm key
     assert resolve_config(algorithm="ec", sets=["algo.lr=0.3"]).algo.lr == 0.3
     assert resolve_config(algorithm="ec").algo.lr == SETTINGS["demo"]["algo"]["ec"]["lr"]
@@ -142,10 +142,10 @@ def test_table_ratio_is_measured_against_fedavg():
 
 @pytest.mark.slow
 def test_demo_fedavg_reaches_090_on_the_embedded_mnist():
-    """Acceptance: FedAvg, small CNN, embedded MNIST, the demo setting (20 rounds in make demo)
+    """Acceptance: FedAvg, the demo MLP, embedded MNIST, the demo setting (10 rounds in make demo)
     reaches >= 0.90 test accuracy; checked on the first 8 rounds of that same run."""
     from fl.simulation import run_simulation
 
     result = run_simulation(resolve_config(algorithm="fedavg", setting="demo", sets=["rounds=8"]))
-    assert result.summary["model"] == "small-cnn" and result.summary["dataset"] == "mnist-embedded"
+    assert result.summary["model"] == "fedpm-mlp" and result.summary["dataset"] == "mnist-embedded"
     assert result.summary["final_accuracy"] >= 0.90

@@ -89,14 +89,14 @@ def test_sampling_is_m_of_n_seeded_and_eval_follows_the_schedule():
 
 
 def test_ec_at_density_1e3_sends_real_topk_frames_and_the_ledger_is_exact(tmp_path):
-    """Acceptance: EC on the small CNN at density 1e-3 (demo setting): real TopK frames,
+    """Acceptance: EC on the demo MLP at density 1e-3 (demo setting): real TopK frames,
     ledger bits == sum of 8 * len(bytes) of every message delivered."""
     sent = []
     channel = Channel(tap=lambda msg, client: sent.append(msg))
     config = resolve_config(algorithm="ec", setting="demo",
                             sets=["rounds=1", "sim.clients_per_round=2", "algo.ec.density=1e-3"])
     result = run_simulation(config, tmp_path, channel=channel)
-    assert config.algo.density == 1e-3 and config.model == "small-cnn"
+    assert config.algo.density == 1e-3 and config.model == "fedpm-mlp"
     ups = [m for m in sent if m.direction == "up"]
     assert len(ups) == 2 and len(sent) == 4
     assert result.ledger.total_bits() == sum(8 * len(m.data) for m in sent)

@@ -173,3 +173,44 @@ def test_mod_sends_topk_with_error_feedback_and_the_grid_restores_weights():
     data[len(data) // 2] ^= 0xFF
     bad.content["sparsecodec"]["data"] = bytes(data)
     assert grid._decode([bad], lambda r: ArrayRecord({k: Array(v) for k, v in w0.items()})) == []
+
+
+def test_a_node_whose_replica_does_not_fit_gets_the_dense_model_and_the_run_is_unchanged():
+    """Issue 15: a node whose Context.state replica is not the version the server believes
+    answers the patch with fl.resync and gets the dense model in the same round."""
+    from flwr.clientapp import ClientApp
+    from flwr.simulation import run_simulation as flwr_run_simulation
+
+    from fl.flower.client import CLIENT_STATE, _configs, client_query, client_train
+
+    config = resolve_config(algorithm="ec", setting="defaults", sets=EC)
+    reference = run_simulation(config)
+    sampled = [m["clients"] for m in reference.metrics]
+    victim = next(c for c in sampled[2] if c in sampled[0] + sampled[1])   # holds a replica
+    digests = _configs(config)
+    app = ClientApp()
+
+    @app.train()
+    def train(msg, context):
+        down = msg.content.config_records["fl.down"]
+        if int(down["client"]) == victim and int(down["round"]) == 3:
+            key = f"{CLIENT_STATE}.{down['run']}"
+            saved = dict(context.state.config_records[key])
+            saved["replica_version"] = 0          # not the version the server sends a patch from
+            context.state[key] = ConfigRecord(saved)
+        return client_train(msg, context, digests)
+
+    @app.query()
+    def query(msg, context):
+        return client_query(msg, context)
+
+    got = []
+    flwr_run_simulation(server_app=make_server_app(config, on_result=lambda r, s: got.append(r)),
+                        client_app=app, num_supernodes=4,
+                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+    flower = got[0]
+    assert all(reference.params[k].tobytes() == flower.params[k].tobytes() for k in reference.params)
+    assert [m["accuracy"] for m in reference.metrics] == [m["accuracy"] for m in flower.metrics]
+    rows = [r.kind for r in flower.ledger.records(round=3, client=victim, direction="down")]
+    assert rows == ["patch", "bundle"]                  # the patch, then the dense model at once
+    assert [r.kind for r in reference.ledger.records(round=3, client=victim, direction="down")] == ["patch"]
