@@ -30,7 +30,7 @@ of the chosen algorithm's config, defaults included; it resolves to itself.
 
     >>> cfg = resolve_config(algorithm="ec", sets=["rounds=3", "algo.density=0.01"])
     >>> cfg.setting, cfg.model, cfg.rounds, cfg.algo.density, cfg.algo.lr
-    ('demo', 'small-cnn', 3, 0.01, 0.05)
+    ('demo', 'fedpm-mlp', 3, 0.01, 0.05)
     >>> resolve_config(algorithm="ec", sets=["sim.clinets=3"])
     Traceback (most recent call last):
     ...

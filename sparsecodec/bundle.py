@@ -215,16 +215,22 @@ def encode_bundle(tensors: Mapping[str, Any], codec: Codec | Mapping[str, Codec]
 
 def decode_bundle(data, *, max_numel: int = DEFAULT_MAX_NUMEL,
                   side: Mapping[str, Mapping[str, Any]] | None = None,
-                  schema: Schema | None = None) -> dict[str, np.ndarray]:
+                  schema: Schema | None = None, as_torch: bool = False) -> dict[str, Any]:
     """Decode a bundle into ``{name: array}``; validates everything before returning.
 
     ``max_numel`` bounds the total number of elements over all tensors. ``side`` gives side
     information per tensor name (e.g. ``{"mask": {"p": probs}}`` for a MaskCodec entry).
+    ``as_torch=True``: CPU torch tensors sharing memory with the decoded arrays.
     """
     r = FrameReader(data, max_numel=max_numel)
     if r.wire_id not in (BUNDLE_WIRE_ID, SCHEMA_BUNDLE_WIRE_ID):
         raise CorruptFrameError("not a bundle frame; use sparsecodec.decode(data) for single tensors")
-    return _read_entries(r, max_numel, side or {}, schema)
+    out = _read_entries(r, max_numel, side or {}, schema)
+    if as_torch:
+        from ._arrays import to_torch
+
+        return {n: to_torch(a) for n, a in out.items()}
+    return out
 
 
 def _read_entries(r: FrameReader, max_numel: int, side: Mapping[str, Mapping[str, Any]],

@@ -52,7 +52,7 @@ def side_keys(cls: type) -> tuple[str, ...]:
 
 
 def decode(data, *, max_numel: int = DEFAULT_MAX_NUMEL, out: np.ndarray | None = None,
-           **side: Any) -> np.ndarray | dict:
+           as_torch: bool = False, **side: Any) -> Any:
     """Decode any sparsecodec frame: an array, or ``{name: array}`` for a bundle.
 
     ``max_numel`` caps what a hostile frame can make the decoder allocate. Side information
@@ -60,8 +60,18 @@ def decode(data, *, max_numel: int = DEFAULT_MAX_NUMEL, out: np.ndarray | None =
     ``side={name: {...}}`` and, for a bundle encoded against one, ``schema=``. Side
     information the frame's codec does not take is a :class:`~sparsecodec.errors.FrameError`
     (:class:`~sparsecodec.errors.SideInfoMismatchError`) naming the mismatch. ``out``: an
-    array of the frame's dtype and shape to decode a single tensor into.
+    array of the frame's dtype and shape to decode a single tensor into. ``as_torch=True``
+    returns CPU torch tensors sharing memory with the decoded arrays (torch must be installed).
     """
+    result = _decode(data, max_numel, out, side)
+    if not as_torch:
+        return result
+    from ._arrays import to_torch
+
+    return {n: to_torch(a) for n, a in result.items()} if isinstance(result, dict) else to_torch(result)
+
+
+def _decode(data, max_numel: int, out, side: dict) -> np.ndarray | dict:
     side = {k: v for k, v in side.items() if v is not None}   # None means "not offered"
     r = FrameReader(data, max_numel=max_numel)
     if r.wire_id in (BUNDLE_WIRE_ID, SCHEMA_BUNDLE_WIRE_ID):

@@ -175,7 +175,7 @@ class _Negate(sc.Codec):
     """A third-party codec whose layout inspect does not know: reported as one 'body'."""
 
     codec_id: ClassVar[str] = "test-inspect-negate"
-    wire_id: ClassVar[int] = 101
+    wire_id: ClassVar[int] = 118       # not 101: docs/codec_authors.md uses that one
 
     def _write_body(self, x, w, **side):
         x = np.asarray(x, np.float32)

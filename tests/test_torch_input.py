@@ -84,3 +84,22 @@ def test_topk_k_larger_than_tensor_is_config_error():
     """Documented behaviour: TopK(k=int) on a smaller tensor raises (use density= instead)."""
     with pytest.raises(sc.ConfigError, match="exceeds the tensor size 4"):
         sc.TopK(k=10).encode(np.ones(4, np.float32))
+
+
+def test_readme_torch_example_runs_as_written():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    m = re.search(r"<!-- torch-example -->\s*```python\n(.*?)```", text, re.S)
+    assert m, "README.md lost its <!-- torch-example --> python block"
+    exec(compile(m.group(1), "README.md:torch-example", "exec", dont_inherit=True), {})
+
+
+def test_decode_as_torch_shares_memory_and_keeps_dtype():
+    torch = pytest.importorskip("torch")
+    x = np.arange(6, dtype=np.float64).reshape(2, 3)
+    t = sc.decode(sc.Dense().encode(x), as_torch=True)
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float64 and t.shape == (2, 3)
+    parts = sc.decode_bundle(sc.encode_bundle({"a": x}, sc.Dense()), as_torch=True)
+    assert torch.equal(parts["a"], torch.from_numpy(x))
