@@ -82,6 +82,43 @@ def _sim_state(quick: bool) -> dict:
     return sim.state_dict()
 
 
+_TINY_EC = ["dataset=synthetic-logistic", "data.n_train=60", "data.n_test=20", "data.dim=4",
+            "data.num_classes=2", "model=logistic-regression", "model_options.in_features=4",
+            "model_options.num_classes=2", "model_options.init=torch_default", "rounds=1",
+            "sim.clients=3", "sim.clients_per_round=2", "sim.checkpoint_every=0", "algo.batch_size=8",
+            "algo.ec.density=0.3"]
+
+
+def _tiny_sim():
+    from fl.config import resolve_config
+    from fl.simulation import Simulation
+
+    return Simulation(resolve_config(algorithm="ec", sets=_TINY_EC))
+
+
+def _uplinks() -> list[tuple[int, bytes, Any]]:
+    """Round 1's uplink messages of a tiny EC run (compact wire) and the server's spec."""
+    from fl.channel import Channel
+
+    seen = []
+    sim = _tiny_sim()
+    sim.channel = Channel(tap=lambda m, c: seen.append(m))
+    sim.step()
+    return [(m.client, m.data, sim._round_spec) for m in seen if m.direction == "up"]
+
+
+def _client_dropped():
+    from sparsecodec.errors import SparseCodecError
+
+    class ClientDropped(SparseCodecError):
+        """The server's receive path dropped the client: the documented outcome of hostile bytes
+        (anything it raises instead is an aborted server round, counted under "other")."""
+    return ClientDropped
+
+
+ClientDropped = _client_dropped()
+
+
 def build_corpus(seed: int, quick: bool = False) -> list[dict]:
     """Valid inputs of every target: ``{"target", "name", "data", "kwargs", "crc"}``."""
     import numpy as np
@@ -138,6 +175,21 @@ def build_corpus(seed: int, quick: bool = False) -> list[dict]:
                 sc.encode_packed({"w": x, "b": x[0].copy()}, spec, checksum=crc), crc, spec=spec)
         except (AttributeError, ImportError):    # compact messages not in this checkout
             pass
+    try:                                       # issue 15's patches and the server's receive path
+        from sparsecodec.patch import changed_positions, encode_patch
+
+        old = {"w": x, "b": x[0].copy()}
+        new = {"w": x.copy(), "b": x[0].copy()}
+        new["w"].reshape(-1)[rng.choice(x.size, 9, replace=False)] += 1
+        pschema = sc.Schema.from_tensors(old)
+        for crc in (False, True):
+            add("patch", f"patch-{'crc' if crc else 'nocrc'}",
+                encode_patch(new, {n: changed_positions(old[n], new[n]) for n in old}, pschema,
+                             base=3, version=4, checksum=crc), crc, schema=pschema, old=old)
+        for cid, data, spec in _uplinks():
+            add("server_receive", f"server-receive-client{cid}", data, True, client=cid, spec=spec)
+    except ImportError:
+        pass
     state = _sim_state(quick)
     for name, s in _states(rng).items():
         add("state", f"state-{name}", encode_state(s), False)
@@ -219,6 +271,7 @@ def mutate(corpus: list[dict], seed: int, i: int) -> tuple[int, bytes, bool]:
 class Runner:
     def __init__(self, max_numel: int, workdir: str) -> None:
         self.max_numel, self.path = max_numel, Path(workdir) / "fuzz.ckpt"
+        self._sim = None          # the server_receive target's engine, built on first use
 
     def __call__(self, seed: dict, data: bytes) -> Any:
         import sparsecodec as sc
@@ -232,6 +285,23 @@ class Runner:
             return sc.decode_bundle(data, max_numel=m, **kw)
         if t == "packed":
             return sc.decode_packed(data, kw["spec"], max_numel=m)
+        if t == "patch":
+            from sparsecodec.patch import apply_patch, decode_patch
+
+            replica = {n: a.copy() for n, a in kw["old"].items()}
+            apply_patch(replica, 3, decode_patch(data, kw["schema"], max_numel=m), kw["schema"])
+            return replica
+        if t == "server_receive":            # the whole server half: never raises, drops instead
+            from fl.channel import Message
+
+            if self._sim is None:
+                self._sim = _tiny_sim()
+            self._sim._round_spec = kw["spec"]
+            msg = Message(data, 1, kw["client"], "up", {}, {}, 0)
+            update, reason = self._sim._receive(0, kw["client"], msg, None, 20, {})
+            if update is None:
+                raise ClientDropped(reason)
+            return dict(update.tensors)
         if t == "state":
             return decode_state(data, max_numel=m, max_bytes=1 << 24, max_skeleton_bytes=1 << 20)
         if t == "checkpoint_resigned":         # a crafted file: any payload, a matching digest
@@ -248,7 +318,8 @@ class Runner:
 
     def limit_bytes(self, seed: dict) -> int:
         """The caller's limit in bytes: max_numel elements of the widest dtype the target makes."""
-        return self.max_numel * (8 if seed["target"] in ("decode", "bundle", "packed") else 16)
+        return self.max_numel * (8 if seed["target"] in ("decode", "bundle", "packed", "patch",
+                                                         "server_receive") else 16)
 
 
 def fingerprint(x: Any) -> Any:
