@@ -166,9 +166,10 @@ class MaskCodec(Codec):
         src: int | np.ndarray = 0   # the fixed model's quantized p, or the per-entry vector
         if model == MODEL_PER_ENTRY:
             if p is None or np.ndim(p) == 0:
-                raise ConfigError("this mask was coded with per-entry probabilities (side "
-                                  "information, not in the frame): pass the same vector, "
-                                  "decode(data, p=probs)")
+                # a FrameError too: one flipped model byte lands here (tools/fuzz_long.py)
+                raise SideInfoMismatchError("this mask was coded with per-entry probabilities (side "
+                                            "information, not in the frame): pass the same vector, "
+                                            "decode(data, p=probs) (or the frame is corrupt)")
             if p.size != numel:   # the caller's p is its model's: the frame names another size
                 raise SideInfoMismatchError(
                     f"this mask frame has {numel} entries but the per-entry p passed has "
