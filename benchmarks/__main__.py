@@ -65,7 +65,7 @@ def run_codecs(quick: bool) -> dict:
     out["topk_encode"] = bench_topk_encode(n=n)
     print_table("Whole TopK.encode vs one pass (x.sum())", out["topk_encode"])
     out["topk_memory"] = bench_topk_memory(n=n) + bench_topk_memory(n=n, density=0.1)
-    print_table("TopK.encode peak extra memory (ru_maxrss, fresh process)", out["topk_memory"])
+    print_table("TopK.encode peak extra memory (VmHWM growth after a clear_refs reset, fresh process)", out["topk_memory"])
     ns = (10**5, 10**6) if quick else (10**5, 10**6, 10**7)
     out["index_bits"] = bench_indices(ns=ns)
     print_table("Index bits vs log2 C(n,k) (iid and structured supports)", out["index_bits"])
