@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 from .errors import (BadMagicError, ChecksumError, ConfigError, CorruptFrameError, FrameError,
                      LimitExceededError, SideInfoMismatchError, SparseCodecError,
                      TruncatedFrameError, UnsupportedVersionError)
-from .frame import DEFAULT_MAX_NUMEL, FORMAT_VERSION, Frame, FrameReader, FrameWriter, frame_info
+from .frame import DEFAULT_MAX_NUMEL, FORMAT_VERSION, Frame, FrameReader, FrameWriter
+from .info import FrameInfo, frame_info
 
 __version__ = "0.1.0"
 

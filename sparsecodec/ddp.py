@@ -71,7 +71,7 @@ import torch.distributed as dist
 
 from .errors import ConfigError, FrameError
 from .feedback import ErrorFeedback
-from .frame import frame_info
+from .info import frame_info
 from .generic import decode
 from .topk import TopK
 

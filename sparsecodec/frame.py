@@ -40,7 +40,6 @@ Example:
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
@@ -54,6 +53,7 @@ from .errors import (
     TruncatedFrameError,
     UnsupportedVersionError,
 )
+from .registry import BUNDLE_WIRE_ID, SCHEMA_BUNDLE_WIRE_ID   # the registry owns wire ids
 
 __all__ = [
     "MAGIC",
@@ -81,8 +81,6 @@ FLAG_CHECKSUM = 0x03
 # on bundles whose checksum flag is clear (bundles written before it have neither).
 FLAG_ENTRY_CHECKS = 0x0C
 _KNOWN_FLAGS = FLAG_CHECKSUM | FLAG_ENTRY_CHECKS
-BUNDLE_WIRE_ID = 0x7F
-SCHEMA_BUNDLE_WIRE_ID = 0x7E
 MAX_NDIM = 32
 
 #: Decoders refuse frames declaring more elements than this unless the caller raises it.
@@ -460,49 +458,11 @@ class FrameReader:
         return dtype, shape, numel
 
 
-@dataclass(frozen=True)
-class FrameInfo:
-    """What the preamble says, readable without decoding the payload."""
+def __getattr__(name: str):
+    """``frame_info`` / ``FrameInfo`` moved to :mod:`sparsecodec.info` (above this module and
+    the registry); kept importable from here."""
+    if name in ("frame_info", "FrameInfo"):
+        from . import info
 
-    format_version: int
-    wire_id: int
-    codec_id: str
-    has_checksum: bool
-    nbytes: int
-
-
-#: messages that are not one codec's frame, by wire id (see :mod:`sparsecodec.registry`)
-_MESSAGE_KINDS = {BUNDLE_WIRE_ID: "bundle", SCHEMA_BUNDLE_WIRE_ID: "bundle", 0x7D: "packed", 0x7C: "patch"}
-
-
-def frame_info(data, *, verify: bool | None = None) -> FrameInfo:
-    """What a frame's preamble says, without decoding the payload.
-
-    The first 5 bytes suffice (e.g. the start of a stream): ``verify=None`` (the default)
-    checks the CRC-32 only when ``data`` may be the whole frame, i.e. when it is longer than
-    the preamble; ``verify=False`` never does (``nbytes`` is then what was given);
-    ``verify=True`` always does. Compact messages and patches (wire ids 0x7D, 0x7C) carry a
-    CRC seeded with what both ends know: it is checked by their decoders, not here.
-
-    >>> import numpy as np, sparsecodec as sc
-    >>> data = bytes(sc.Dense(checksum=True).encode(np.zeros(3, np.float32)))
-    >>> sc.frame_info(data).codec_id, sc.frame_info(data[:5]).has_checksum
-    ('dense', True)
-    """
-    from .registry import codec_name_for_wire_id
-
-    try:
-        buf = memoryview(data).cast("B")
-    except TypeError as exc:
-        raise ConfigError(f"frame_info() needs a bytes-like object, got {type(data).__name__}") from exc
-    if len(buf) < PREAMBLE_BYTES or bytes(buf[0:2]) != MAGIC:
-        FrameReader(buf)            # raises the precise error (bad magic, truncated)
-    if buf[2] != FORMAT_VERSION or buf[3] & ~_KNOWN_FLAGS or buf[3] & FLAG_CHECKSUM not in (0, FLAG_CHECKSUM):
-        FrameReader(buf)            # raises the precise error (version, flags)
-    wire_id = buf[4]
-    kind = _MESSAGE_KINDS.get(wire_id)
-    seeded = wire_id in (0x7D, 0x7C)
-    if (verify or (verify is None and len(buf) > PREAMBLE_BYTES)) and not seeded:
-        FrameReader(buf)            # verifies the CRC-32 of the whole frame
-    name = kind if kind is not None else codec_name_for_wire_id(wire_id)
-    return FrameInfo(FORMAT_VERSION, wire_id, name, bool(buf[3] & FLAG_CHECKSUM), len(buf))
+        return getattr(info, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -56,11 +56,11 @@ from .abc import Codec
 from .bundle import Schema, _codec_for, global_indices
 from .errors import ConfigError, CorruptFrameError, LimitExceededError
 from .frame import DEFAULT_MAX_NUMEL, Frame, FrameReader, FrameWriter
+from .registry import PACKED_WIRE_ID   # the registry owns every wire id
 from .values import VALUE_BYTES, decode_values, encode_values
 
 __all__ = ["MessageSpec", "PACKED_WIRE_ID", "encode_packed", "decode_packed"]
 
-PACKED_WIRE_ID = 0x7D
 Sections = dict[str, dict[str, int]]
 
 

@@ -53,11 +53,11 @@ from ._compact import (OVERHEAD, SupportEntry, finish_writer, open_reader, read_
 from .bundle import Schema
 from .errors import ConfigError, LimitExceededError, SparseCodecError
 from .frame import DEFAULT_MAX_NUMEL, Frame
+from .registry import PATCH_WIRE_ID   # the registry owns every wire id
 
 __all__ = ["PATCH_WIRE_ID", "Patch", "ReplicaMismatchError", "changed_positions", "model_digest",
            "encode_patch", "decode_patch", "apply_patch", "patch_bound_bits"]
 
-PATCH_WIRE_ID = 0x7C
 _MAX_VERSION = (1 << 63) - 1
 
 

@@ -32,19 +32,30 @@ if TYPE_CHECKING:
 
 __all__ = ["register_codec", "get_codec", "codec_class", "codec_for_wire_id",
            "codec_name_for_wire_id", "registered_codecs", "check_wire_id", "BUILTIN_WIRE_IDS",
-           "USER_WIRE_IDS", "RESERVED_WIRE_IDS"]
+           "USER_WIRE_IDS", "RESERVED_WIRE_IDS", "MESSAGE_KINDS", "BUNDLE_WIRE_ID",
+           "SCHEMA_BUNDLE_WIRE_ID", "PACKED_WIRE_ID", "PATCH_WIRE_ID"]
 
 _BY_NAME: dict[str, type[Codec]] = {}
 _BY_WIRE: dict[int, type[Codec]] = {}
 BUILTIN_WIRE_IDS = range(1, 64)
 USER_WIRE_IDS = range(64, 124)
-#: wire ids of the message kinds that are not codecs (``sparsecodec.frame``/``bundle``/``packed``)
+# The registry owns every wire id: the codecs' (registered below) and those of the message
+# kinds that are not one codec's frame, which frame.py, bundle.py, packed.py and patch.py import
+# from here (so the registry imports none of them).
+PATCH_WIRE_ID = 0x7C
+PACKED_WIRE_ID = 0x7D
+SCHEMA_BUNDLE_WIRE_ID = 0x7E
+BUNDLE_WIRE_ID = 0x7F
+#: wire ids of the message kinds that are not codecs
 RESERVED_WIRE_IDS: dict[int, str] = {
-    0x7C: "downlink patches",
-    0x7D: "compact messages (sparsecodec.packed)",
-    0x7E: "schema bundles",
-    0x7F: "bundles",
+    PATCH_WIRE_ID: "downlink patches (sparsecodec.patch)",
+    PACKED_WIRE_ID: "compact messages (sparsecodec.packed)",
+    SCHEMA_BUNDLE_WIRE_ID: "schema bundles",
+    BUNDLE_WIRE_ID: "bundles",
 }
+#: the name :func:`codec_name_for_wire_id` gives each message kind
+MESSAGE_KINDS: dict[int, str] = {BUNDLE_WIRE_ID: "bundle", SCHEMA_BUNDLE_WIRE_ID: "bundle",
+                                 PACKED_WIRE_ID: "packed", PATCH_WIRE_ID: "patch"}
 # Built-in codecs live in modules imported lazily by ``sparsecodec/__init__``; a lookup that
 # misses imports them so that ``sparsecodec.decode`` works before the codec was touched.
 _BUILTIN_MODULES = ("topk", "dense", "mask")
@@ -136,8 +147,7 @@ def codec_for_wire_id(wire_id: int) -> type[Codec]:
 
 
 def codec_name_for_wire_id(wire_id: int) -> str:
-    from .frame import BUNDLE_WIRE_ID, SCHEMA_BUNDLE_WIRE_ID
-
-    if wire_id in (BUNDLE_WIRE_ID, SCHEMA_BUNDLE_WIRE_ID):
-        return "bundle"
+    """The codec id, or the message kind (``"bundle"``, ``"packed"``, ``"patch"``)."""
+    if wire_id in MESSAGE_KINDS:
+        return MESSAGE_KINDS[wire_id]
     return codec_for_wire_id(wire_id).codec_id
