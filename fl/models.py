@@ -4,7 +4,8 @@ Output contract (what the engine may rely on): every classifier returns a ``(N, 
 tensor that ``torch.nn.functional.cross_entropy(output, y)`` takes as logits, and whose
 argmax is the prediction; ``linear-regression`` returns ``(N,)`` predictions for an MSE loss.
 Inputs are batches shaped like :class:`fl.data.Dataset` samples: ``(N, 1, 28, 28)`` images
-(the fully connected models flatten any trailing shape) or ``(N, features)``.
+(the fully connected models flatten any trailing shape), ``(N, 3, 32, 32)`` CIFAR images
+(``resnet18-cifar``) or ``(N, features)``.
 
 ========================  ============================================  ==========  ==============
 name                      layers                                        params      default init
@@ -16,9 +17,13 @@ logistic-regression       784-10 (one Linear)                           7,850   
 linear-regression         280-1 (one Linear)                            281         zeros
 fedpm-mlp                 784-600-300-10, ReLU                          654,310     signed_constant
 fedpm-conv4               c64-c64-pool-c128-c128-pool-256-256-10        1,933,258   signed_constant
+resnet18-cifar            c64(3)-BN, 4 stages x 2 BasicBlocks, GAP-10   11,173,962  torch_default
 ========================  ============================================  ==========  ==============
 
-(params at the default options, W = 4069.) Initialisation never touches torch's global RNG:
+(params at the default options, W = 4069.) BatchNorm layers are always initialised as torch
+does (weight 1, bias 0, running mean 0 / variance 1), whatever the ``init`` scheme; their
+running statistics are floating buffers, so they travel with the parameters in
+``fl.algorithms.base.model_tensors`` (``num_batches_tracked``, an integer, does not). Initialisation never touches torch's global RNG:
 modules are created on the ``meta`` device, materialised with ``to_empty`` and filled from
 the ``torch.Generator`` given (or one seeded with ``seed``).
 
@@ -44,7 +49,7 @@ from sparsecodec.errors import ConfigError
 
 __all__ = ["MODELS", "ModelSpec", "build_model", "init_parameters", "count_parameters",
            "INIT_SCHEMES", "FlareFC", "FlareCNN", "SmallCNN", "LogisticRegression",
-           "LinearRegression", "FedPMMLP", "FedPMConv4"]
+           "LinearRegression", "FedPMMLP", "FedPMConv4", "ResNet18CIFAR", "BasicBlock"]
 
 # Keras' truncated normal divides the target std by the std of a unit normal truncated
 # to [-2, 2], so that the truncated samples have the requested std.
@@ -182,6 +187,73 @@ class FedPMConv4(nn.Module):
         return self.fc3(F.relu(self.fc2(x)))
 
 
+class BasicBlock(nn.Module):
+    """ResNet basic block: ``conv3x3(stride)-BN-ReLU-conv3x3-BN`` plus a shortcut, then ReLU.
+    The shortcut is the identity, or ``conv1x1(stride)-BN`` when the shape changes (the
+    "option B" projection). Convs have no bias (BatchNorm follows each)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18CIFAR(nn.Module):
+    """ResNet-18, CIFAR variant (the SparsyFed paper's CIFAR-10/100 model): a 3x3 stride-1
+    stem conv + BN + ReLU (no 7x7 conv, no max-pool, so 32x32 inputs keep their resolution),
+    4 stages of 2 :class:`BasicBlock` with 64-128-256-512 channels (stride 1, 2, 2, 2),
+    global average pooling and one Linear head. 11,173,962 parameters for 10 classes
+    (11,220,132 for 100), the count of the common CIFAR ResNet-18.
+
+    ``width`` multiplies every channel count (rounded, at least 1): ``width=1.0`` is the
+    paper's net; a narrow one (e.g. ``0.125``: 8-16-32-64) keeps tests fast. Any spatial
+    size works (the pooling is adaptive).
+
+    >>> net = build_model("resnet18-cifar", seed=0, width=0.125, num_classes=100)
+    >>> net(torch.zeros(2, 3, 32, 32)).shape
+    torch.Size([2, 100])
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: float = 1.0):
+        super().__init__()
+        if (isinstance(width, bool) or not isinstance(width, (int, float))
+                or not math.isfinite(width) or width <= 0):
+            raise ConfigError(f"width must be a positive finite number, got {width!r}")
+        _check_count(in_channels=in_channels, num_classes=num_classes)
+        c = [max(1, int(round(base * width))) for base in (64, 128, 256, 512)]
+        self.conv1 = nn.Conv2d(in_channels, c[0], 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c[0])
+        stages, cin = [], c[0]
+        for cout, stride in zip(c, (1, 2, 2, 2)):
+            stages.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.linear = nn.Linear(c[3], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def _check_count(**values: Any) -> None:
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{key} must be a positive int, got {value!r}")
+
+
 def _fans(weight: torch.Tensor) -> tuple[int, int]:
     """(fan_in, fan_out) as Keras and torch define them: in/out features x kernel area."""
     receptive = math.prod(weight.shape[2:])
@@ -245,10 +317,13 @@ INIT_SCHEMES: dict[str, Callable] = {
 
 
 def init_parameters(model: nn.Module, scheme: str, generator: torch.Generator) -> nn.Module:
-    """Fill every Linear / Conv2d weight and bias of ``model`` in place, in module order.
+    """Fill every Linear / Conv2d weight and bias of ``model`` in place, in module order,
+    with ``scheme``; BatchNorm layers get torch's reset (weight 1, bias 0, running statistics
+    0 / 1, no random draw) whatever the scheme.
 
-    Raises ConfigError for an unknown scheme or for a parameter outside a Linear/Conv2d
-    (a model this function does not know how to initialise is not silently left random).
+    Raises ConfigError for an unknown scheme or for a parameter or buffer outside these
+    layers (a model this function does not know how to initialise is not silently left
+    random: after ``to_empty`` every tensor holds uninitialised memory).
     """
     if scheme not in INIT_SCHEMES:
         raise ConfigError(f"unknown init {scheme!r}; valid: {', '.join(sorted(INIT_SCHEMES))}")
@@ -258,7 +333,12 @@ def init_parameters(model: nn.Module, scheme: str, generator: torch.Generator) -
             if isinstance(module, (nn.Linear, nn.Conv2d)):
                 INIT_SCHEMES[scheme](module.weight, module.bias, generator)
                 done.update(id(p) for p in (module.weight, module.bias) if p is not None)
-    left = [name for name, p in model.named_parameters() if id(p) not in done]
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.reset_parameters()   # ones / zeros and reset_running_stats()
+                done.update(id(t) for t in (*module.parameters(recurse=False),
+                                            *module.buffers(recurse=False)))
+    left = [name for name, t in (*model.named_parameters(), *model.named_buffers())
+            if id(t) not in done]
     if left:
         raise ConfigError(f"init_parameters does not know how to initialise {left}")
     return model
@@ -285,6 +365,8 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in (
     ModelSpec("linear-regression", LinearRegression, "zeros", "least-squares linear model, (N,) output"),
     ModelSpec("fedpm-mlp", FedPMMLP, "signed_constant", "FedPM MaskANN shape 784-600-300-10 (unmasked)"),
     ModelSpec("fedpm-conv4", FedPMConv4, "signed_constant", "FedPM Conv4 shape for MNIST (unmasked)"),
+    ModelSpec("resnet18-cifar", ResNet18CIFAR, "torch_default",
+              "ResNet-18, CIFAR variant (3x3 stem, no max-pool, BatchNorm), 11.2M params, width option"),
 )}
 
 

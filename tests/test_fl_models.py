@@ -24,6 +24,8 @@ DOCUMENTED_COUNTS = [
     ("linear-regression", {}, 281),                             # T5 BlogFeedback: d = 281
     ("fedpm-mlp", {}, 784 * 600 + 600 + 600 * 300 + 300 + 300 * 10 + 10),
     ("fedpm-conv4", {}, 640 + 36_928 + 73_856 + 147_584 + 6272 * 256 + 256 + 256 * 256 + 256 + 2_570),
+    ("resnet18-cifar", {}, 11_173_962),                         # the CIFAR ResNet-18's count
+    ("resnet18-cifar", {"num_classes": 100}, 11_173_962 + 90 * 513),
 ]
 
 
@@ -59,12 +61,19 @@ def gen(seed=0):
 def tiny_input(name, batch=3):
     if name == "linear-regression":
         return torch.randn(batch, 280, generator=gen())
+    if name == "resnet18-cifar":
+        return torch.rand(batch, 3, 32, 32, generator=gen())
     return torch.rand(batch, 1, 28, 28, generator=gen())
+
+
+def small_opts(name):
+    """Options that keep the wide models CPU-fast in these tests."""
+    return {"flare-fc": {"width": 16}, "resnet18-cifar": {"width": 0.125}}.get(name, {})
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_forward_shapes(name):
-    opts = {"width": 16} if name == "flare-fc" else {}
+    opts = small_opts(name)
     model = build_model(name, seed=0, **opts)
     out = model(tiny_input(name))
     assert out.shape == ((3,) if name == "linear-regression" else (3, 10))
@@ -81,7 +90,7 @@ def test_num_classes_and_flattening():
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_seeded_init_is_deterministic_and_leaves_global_rng_alone(name):
-    opts = {"width": 16} if name == "flare-fc" else {}
+    opts = small_opts(name)
     init = "torch_default" if MODELS[name].init == "zeros" else None   # zeros: nothing to compare
     state = torch.random.get_rng_state()
     a = build_model(name, seed=7, init=init, **opts)
@@ -164,7 +173,7 @@ def test_double_softmax_loss_floor_is_reached_by_a_confident_model():
 
 def test_errors_list_valid_choices():
     with pytest.raises(ConfigError, match="valid models: .*flare-cnn.*small-cnn"):
-        build_model("resnet18", seed=0)
+        build_model("resnet50", seed=0)
     with pytest.raises(ConfigError, match="valid options: .*double_softmax"):
         build_model("flare-cnn", seed=0, dropout=0.5)
     with pytest.raises(ConfigError, match="seed"):
