@@ -4,6 +4,7 @@ Every loader returns a :class:`Dataset` with this layout (the engine builds tens
 
 * images (MNIST, FEMNIST): ``x_*`` float32 of shape ``(N, 1, 28, 28)`` (NCHW, ready for a
   conv net; the FC / logistic models flatten it themselves), ``y_*`` int64 class ids;
+  CIFAR-10/100: ``(N, 3, 32, 32)`` float32 RGB, NCHW;
 * tabular (BlogFeedback, synthetic): ``x_*`` float32 ``(N, num_features)``; ``y_*`` int64
   (classification) or float32 (regression, ``num_classes is None``).
 
@@ -21,7 +22,7 @@ repository when it exists. Nothing is ever downloaded. ``mnist-embedded`` (10,00
     >>> ds.x_train.shape, ds.x_train.dtype, ds.y_train.dtype, ds.num_classes
     ((10000, 1, 28, 28), dtype('float32'), dtype('int64'), 10)
     >>> sorted(DATASETS)
-    ['blogfeedback', 'femnist', 'mnist', 'mnist-embedded', 'synthetic-linear', 'synthetic-logistic']
+    ['blogfeedback', 'cifar10', 'cifar100', 'femnist', 'mnist', 'mnist-embedded', 'synthetic-linear', 'synthetic-logistic']
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import gzip
 import inspect
 import io
 import os
+import pickle
+import pickletools
 import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -42,7 +45,7 @@ from sparsecodec.errors import ConfigError
 
 __all__ = ["Dataset", "DatasetSpec", "DATASETS", "load_dataset", "resolve_data_dir",
            "default_data_dir", "read_idx", "DatasetNotFoundError", "DatasetFormatError",
-           "ENV_DATA_DIR", "PIXEL_SCALES"]
+           "ENV_DATA_DIR", "PIXEL_SCALES", "read_cifar_pickle", "CIFAR10_FILES", "CIFAR100_FILES"]
 
 ENV_DATA_DIR = "FL_DATA_DIR"
 PIXEL_SCALES = ("unit", "symmetric")
@@ -51,6 +54,10 @@ MNIST_FILES = ("mnist/train-images-idx3-ubyte.gz", "mnist/train-labels-idx1-ubyt
 FEMNIST_FILE = "femnist/femnist_leaf_subset.npz"
 BLOG_FILE = "blogfeedback/BlogFeedback.zip"
 EMBEDDED_MNIST = "mnist_subset.npz"   # inside the package folder fl/_embedded/
+CIFAR10_FILES = tuple(f"cifar-10-batches-py/{n}" for n in (
+    "data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
+    "test_batch", "batches.meta"))
+CIFAR100_FILES = ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta")
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -138,10 +145,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, **opts: A
 
     >>> load_dataset("synthetic-linear", n_train=100, n_test=20, dim=8, n_informative=2).x_train.shape
     (100, 8)
-    >>> load_dataset("cifar10")
+    >>> load_dataset("imagenet")
     Traceback (most recent call last):
     ...
-    sparsecodec.errors.ConfigError: unknown dataset 'cifar10'; valid datasets: blogfeedback, femnist, mnist, mnist-embedded, synthetic-linear, synthetic-logistic
+    sparsecodec.errors.ConfigError: unknown dataset 'imagenet'; valid datasets: blogfeedback, cifar10, cifar100, femnist, mnist, mnist-embedded, synthetic-linear, synthetic-logistic
     """
     spec = DATASETS.get(name)
     if spec is None:
@@ -291,6 +298,178 @@ def _load_femnist(root: Path, *, scale: str = "unit", invert: bool = True) -> Da
         writer_train=user[train].astype(np.int64), writer_test=user[test].astype(np.int64),
         writer_names=tuple(str(u) for u in user_ids),
         options={"scale": scale, "invert": invert, "source": str(root / FEMNIST_FILE)})
+
+
+# -- CIFAR: the official python-pickle batches, read without executing anything ---------------
+# The files are pickles (Python 2, protocol 2): dicts of bytes keys, lists of ints, bytes and
+# numpy uint8 arrays. The unpickler below resolves only the globals numpy arrays need and maps
+# each one to an inert stand-in of ours (never numpy's own callables, which can allocate
+# arbitrary shapes): a hostile file cannot call os.system & co, and nothing is allocated
+# beyond the bytes the file really holds (the counted lengths are checked first).
+CIFAR_MAX_FILE_BYTES = 512 << 20       # the real files: 31 MB (CIFAR-10), 155 MB (CIFAR-100)
+_CIFAR_DTYPES = frozenset(f"{k}{n}" for k in "ui" for n in "1248") | {"f4", "f8", "b1"}
+
+
+class _NdarrayToken:        # what the file's "numpy.ndarray" resolves to: not callable
+    pass
+
+
+class _DtypeStub:
+    def __init__(self, spec, align=False, copy=True):
+        spec = spec.decode("ascii") if isinstance(spec, bytes) else spec
+        if not isinstance(spec, str) or spec not in _CIFAR_DTYPES:
+            raise pickle.UnpicklingError(f"dtype {spec!r} is not a plain numeric dtype")
+        self.spec, self.order = spec, "|"
+
+    def __setstate__(self, state):
+        order = state[1].decode("ascii") if isinstance(state[1], bytes) else state[1]
+        if order not in ("|", "<", ">", "="):
+            raise pickle.UnpicklingError(f"dtype byte order {order!r}")
+        self.order = order
+
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.spec if self.order == "|" else self.order + self.spec)
+
+
+def _build_array(raw, dtype, shape, fortran) -> np.ndarray:
+    if not isinstance(dtype, _DtypeStub) or not isinstance(raw, (bytes, bytearray)):
+        raise pickle.UnpicklingError("array state is not (dtype, raw bytes)")
+    if (not isinstance(shape, tuple) or len(shape) > 8
+            or not all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise pickle.UnpicklingError(f"array shape {shape!r}")
+    dt = dtype.dtype()
+    if int(np.prod(shape, dtype=np.int64)) * dt.itemsize != len(raw):
+        raise pickle.UnpicklingError(f"array {shape} {dt} does not match its {len(raw)} bytes")
+    # a read-only view of the file's own bytes (no copy: CIFAR-100's train file is 155 MB)
+    return np.frombuffer(raw, dt).reshape(shape, order="F" if fortran else "C")
+
+
+class _ArrayStub:           # numpy's _reconstruct(ndarray, (0,), b"b") then BUILD(state)
+    def __init__(self, subtype, shape, typecode):
+        if not isinstance(subtype, _NdarrayToken):
+            raise pickle.UnpicklingError("_reconstruct of something other than numpy.ndarray")
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("array state is not a 4- or 5-tuple")
+        shape, dtype, fortran, raw = state[-4:]
+        self.array = _build_array(raw, dtype, shape, bool(fortran))
+
+
+def _frombuffer(buf, dtype, shape, order):   # numpy's protocol-5 reduction
+    return _build_array(buf.raw() if isinstance(buf, pickle.PickleBuffer) else buf,
+                        dtype, shape, order == "F")
+
+
+def _latin1_encode(text, encoding="utf-8"):  # how Python 3 writes bytes at protocol 2
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode is allowed only for latin1 text")
+    return text.encode("latin1")
+
+
+def _empty_bytes(*args):                     # b"" at protocol 2 is bytes()
+    if args:
+        raise pickle.UnpicklingError("bytes() is allowed only without arguments")
+    return b""
+
+
+_NDARRAY = _NdarrayToken()
+_CIFAR_GLOBALS = {("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): _DtypeStub,
+                  ("_codecs", "encode"): _latin1_encode, ("__builtin__", "bytes"): _empty_bytes,
+                  ("builtins", "bytes"): _empty_bytes}
+for _core in ("numpy.core", "numpy._core"):
+    _CIFAR_GLOBALS[(f"{_core}.multiarray", "_reconstruct")] = _ArrayStub
+    _CIFAR_GLOBALS[(f"{_core}.numeric", "_frombuffer")] = _frombuffer
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refused global {module}.{name}: a CIFAR batch holds only dicts, lists, bytes, "
+                f"ints and numpy arrays (nothing was executed)")
+        return _CIFAR_GLOBALS[(module, name)]
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent ids are not allowed")
+
+
+def read_cifar_pickle(path: str | os.PathLike) -> dict:
+    """Read one CIFAR python-pickle batch as a dict (keys are bytes, as the files store them:
+    ``b"data"``, ``b"labels"``...), with (read-only) numpy arrays restored, **without running
+    any code** from the file: any other global (``os.system``, ``builtins.eval``...) raises
+    :class:`DatasetFormatError`, as do truncated files and counted lengths past the end.
+
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "batch")
+    >>> with open(path, "wb") as f:
+    ...     pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [3, 1]}, f, protocol=2)
+    >>> batch = read_cifar_pickle(path)
+    >>> batch[b"data"].shape, batch[b"data"].dtype, batch[b"labels"]
+    ((2, 3072), dtype('uint8'), [3, 1])
+    """
+    size = os.path.getsize(path)
+    if size > CIFAR_MAX_FILE_BYTES:
+        raise DatasetFormatError(f"{path}: {size} bytes, more than any CIFAR batch")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        for _ in pickletools.genops(raw):   # checks every counted length against the bytes
+            pass
+        obj = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as exc:   # only our stand-ins can be called: any failure is a bad file
+        raise DatasetFormatError(f"{path}: not a CIFAR python-pickle batch: {exc}") from None
+    if not isinstance(obj, dict):
+        raise DatasetFormatError(f"{path}: the pickle holds a {type(obj).__name__}, not a dict")
+    return {k: (v.array if isinstance(v, _ArrayStub) else v) for k, v in obj.items()}
+
+
+def _cifar_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    batch = read_cifar_pickle(path)
+    data, labels = batch.get(b"data"), batch.get(label_key)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != 3 * 32 * 32:
+        raise DatasetFormatError(f"{path}: b'data' must be a uint8 (N, 3072) array, got "
+                                 f"{getattr(data, 'shape', type(data).__name__)} "
+                                 f"{getattr(data, 'dtype', '')}")
+    if not isinstance(labels, list) or len(labels) != len(data) or not all(
+            type(v) is int and 0 <= v < num_classes for v in labels):
+        raise DatasetFormatError(f"{path}: {label_key!r} must be a list of {len(data)} ints in "
+                                 f"[0, {num_classes})")
+    return data, np.asarray(labels, dtype=np.int64)
+
+
+def _cifar_meta(path: Path, key: bytes, num_classes: int) -> None:
+    names = read_cifar_pickle(path).get(key)
+    if not isinstance(names, list) or len(names) != num_classes:
+        raise DatasetFormatError(f"{path}: {key!r} must list {num_classes} class names")
+
+
+def _cifar_dataset(name, root, train, test, label_key, num_classes, scale) -> Dataset:
+    parts = [_cifar_batch(root / f, label_key, num_classes) for f in (*train, test)]
+    x_train = np.concatenate([x for x, _ in parts[:-1]])
+    y_train = np.concatenate([y for _, y in parts[:-1]])
+    # rows are the 1024 red, 1024 green, then 1024 blue pixels, each 32x32 row-major: NCHW
+    return Dataset(name, _scale_pixels(x_train, scale).reshape(-1, 3, 32, 32), y_train,
+                   _scale_pixels(parts[-1][0], scale).reshape(-1, 3, 32, 32), parts[-1][1],
+                   num_classes=num_classes,
+                   options={"scale": scale, "source": str(root / Path(test).parent)})
+
+
+@_register("cifar10", "CIFAR-10, 50,000 train / 10,000 test, 32x32 RGB, 10 classes "
+           "(python-pickle batches)", CIFAR10_FILES)
+def _load_cifar10(root: Path, *, scale: str = "unit") -> Dataset:
+    _cifar_meta(root / CIFAR10_FILES[-1], b"label_names", 10)
+    return _cifar_dataset("cifar10", root, CIFAR10_FILES[:5], CIFAR10_FILES[5], b"labels", 10, scale)
+
+
+@_register("cifar100", "CIFAR-100, 50,000 train / 10,000 test, 32x32 RGB, 100 fine classes "
+           "(python-pickle files)", CIFAR100_FILES)
+def _load_cifar100(root: Path, *, scale: str = "unit") -> Dataset:
+    _cifar_meta(root / CIFAR100_FILES[2], b"fine_label_names", 100)
+    return _cifar_dataset("cifar100", root, CIFAR100_FILES[:1], CIFAR100_FILES[1],
+                          b"fine_labels", 100, scale)
 
 
 BLOG_FEATURES = 280

@@ -231,8 +231,9 @@ def test_data_dir_precedence(tmp_path, monkeypatch):
 
 
 def test_unknown_names_and_options_list_valid_ones():
-    with pytest.raises(ConfigError, match="valid datasets: blogfeedback, femnist, mnist, mnist-embedded"):
-        load_dataset("cifar10")
+    with pytest.raises(ConfigError, match="valid datasets: blogfeedback, cifar10, cifar100, femnist, "
+                       "mnist, mnist-embedded"):
+        load_dataset("imagenet")
     with pytest.raises(ConfigError, match=r"valid options: scale='unit'"):
         load_dataset("mnist-embedded", normalise=True)
 
@@ -285,8 +286,8 @@ def test_synthetic_determinism_and_validation():
 def test_options_are_json_safe(embedded):
     for ds in (embedded, load_dataset("synthetic-linear", n_train=10, n_test=10, dim=3, n_informative=1)):
         assert json.loads(json.dumps(ds.options)) == ds.options
-    assert set(DATASETS) == {"mnist", "mnist-embedded", "femnist", "blogfeedback",
-                             "synthetic-linear", "synthetic-logistic"}
+    assert set(DATASETS) == {"mnist", "mnist-embedded", "femnist", "blogfeedback", "cifar10",
+                             "cifar100", "synthetic-linear", "synthetic-logistic"}
     assert "mnist-embedded" in repr(embedded) and "10000" in repr(embedded)
 
 
