@@ -310,11 +310,28 @@ CIFAR_MAX_FILE_BYTES = 512 << 20       # the real files: 31 MB (CIFAR-10), 155 M
 _CIFAR_DTYPES = frozenset(f"{k}{n}" for k in "ui" for n in "1248") | {"f4", "f8", "b1"}
 
 
-class _NdarrayToken:        # what the file's "numpy.ndarray" resolves to: not callable
-    pass
+class _Global:
+    """What a global of the file resolves to: calls ``fn`` (one of the stand-ins below) and
+    nothing else. No ``__dict__`` and a refusing ``__setstate__``: a BUILD opcode aimed at it
+    cannot set attributes on our module's functions or classes (``__defaults__``...)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args):
+        if self.fn is None:      # numpy.ndarray: only an argument of _reconstruct
+            raise pickle.UnpicklingError("numpy.ndarray may not be called")
+        return self.fn(*args)
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError("BUILD on a global is not allowed")
 
 
 class _DtypeStub:
+    __slots__ = ("spec", "order")
+
     def __init__(self, spec, align=False, copy=True):
         spec = spec.decode("ascii") if isinstance(spec, bytes) else spec
         if not isinstance(spec, str) or spec not in _CIFAR_DTYPES:
@@ -345,8 +362,10 @@ def _build_array(raw, dtype, shape, fortran) -> np.ndarray:
 
 
 class _ArrayStub:           # numpy's _reconstruct(ndarray, (0,), b"b") then BUILD(state)
+    __slots__ = ("array",)
+
     def __init__(self, subtype, shape, typecode):
-        if not isinstance(subtype, _NdarrayToken):
+        if subtype is not _NDARRAY:
             raise pickle.UnpicklingError("_reconstruct of something other than numpy.ndarray")
         self.array: np.ndarray | None = None
 
@@ -374,13 +393,14 @@ def _empty_bytes(*args):                     # b"" at protocol 2 is bytes()
     return b""
 
 
-_NDARRAY = _NdarrayToken()
-_CIFAR_GLOBALS = {("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): _DtypeStub,
-                  ("_codecs", "encode"): _latin1_encode, ("__builtin__", "bytes"): _empty_bytes,
-                  ("builtins", "bytes"): _empty_bytes}
+_NDARRAY = _Global(None)
+_CIFAR_GLOBALS = {("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): _Global(_DtypeStub),
+                  ("_codecs", "encode"): _Global(_latin1_encode),
+                  ("__builtin__", "bytes"): _Global(_empty_bytes),
+                  ("builtins", "bytes"): _Global(_empty_bytes)}
 for _core in ("numpy.core", "numpy._core"):
-    _CIFAR_GLOBALS[(f"{_core}.multiarray", "_reconstruct")] = _ArrayStub
-    _CIFAR_GLOBALS[(f"{_core}.numeric", "_frombuffer")] = _frombuffer
+    _CIFAR_GLOBALS[(f"{_core}.multiarray", "_reconstruct")] = _Global(_ArrayStub)
+    _CIFAR_GLOBALS[(f"{_core}.numeric", "_frombuffer")] = _Global(_frombuffer)
 
 
 class _CifarUnpickler(pickle.Unpickler):

@@ -262,6 +262,19 @@ def test_hostile_and_malformed_files(tmp_path):
     refused(pickle.dumps({b"data": rows(2, 0)}, protocol=2).replace(b"K\x02M\x00\x0c", b"K\x03M\x00\x0c"),
             "does not match")
 
+    # numpy.ndarray((5,)) would allocate any shape: the stand-in cannot be called
+    refused(b"\x80\x02cnumpy\nndarray\nK\x05\x85\x85R.", "may not be called")
+    # BUILD with (None, {"__init__": 1}) on a global would setattr on it: refused, and the
+    # loader still works afterwards (nothing of the module was changed)
+    refused(b"\x80\x02cnumpy\ndtype\nN}U\x08__init__K\x01s\x86b.", "BUILD on a global")
+    refused(b"\x80\x02c_codecs\nencode\nN}U\x0c__defaults__K\x01s\x86b.", "BUILD on a global")
+    p.write_bytes(good)
+    assert read_cifar_pickle(p)[b"labels"] == [1, 2]
+    # _reconstruct of another type than ndarray, and a dtype that is not plain numeric
+    refused(b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\ndtype\nK\x00\x85U\x01b\x87R.",
+            "other than numpy.ndarray")
+    refused(b"\x80\x02cnumpy\ndtype\nU\x02O8K\x00K\x01\x87R.", "plain numeric dtype")
+
     def bad_batch(obj, match):
         write_cifar10(tmp_path / "d")
         dump(tmp_path / "d" / CIFAR10_FILES[0], obj, 2)
@@ -273,3 +286,37 @@ def test_hostile_and_malformed_files(tmp_path):
     bad_batch({b"data": rows(2, 0), b"labels": [0, 10]}, "ints in \\[0, 10\\)")
     bad_batch({b"data": rows(2, 0), b"labels": [0]}, "list of 2 ints")
     bad_batch({b"data": rows(2, 0), b"labels": [0, True]}, "list of 2 ints")
+
+
+def py2_batch(data: np.ndarray, labels: list[int]) -> bytes:
+    """The bytes Python 2's cPickle (protocol 2) writes for ``{"data": array, "labels": [...]}``
+    as the official CIFAR files do: str as (SHORT_)BINSTRING, numpy as ``numpy.core.multiarray
+    _reconstruct`` + BUILD (memo opcodes left out, they change nothing)."""
+    def s(text: bytes) -> bytes:
+        return (b"U" + bytes([len(text)]) if len(text) < 256 else b"T" + struct.pack("<i", len(text))) + text
+
+    rows_, cols = data.shape
+    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + s(b"b") + b"\x87R"
+             + b"(K\x01K" + bytes([rows_]) + b"M" + struct.pack("<H", cols) + b"\x86"
+             + b"cnumpy\ndtype\n" + s(b"u1") + b"K\x00K\x01\x87R"
+             + b"(K\x03" + s(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+             + b"\x89" + s(data.tobytes()) + b"tb")
+    label_list = b"](" + b"".join(b"K" + bytes([v]) for v in labels) + b"e"
+    return b"\x80\x02}(" + s(b"data") + array + s(b"labels") + label_list + b"u."
+
+
+def test_the_python2_format_of_the_official_files(tmp_path):
+    write_cifar10(tmp_path, n=3)
+    data = rows(3, 42)
+    raw = py2_batch(data, [9, 0, 4])
+    assert b"numpy.core.multiarray" in raw and b"_codecs" not in raw
+    (tmp_path / CIFAR10_FILES[0]).write_bytes(raw)
+    batch = read_cifar_pickle(tmp_path / CIFAR10_FILES[0])
+    np.testing.assert_array_equal(batch[b"data"], data)
+    assert batch[b"labels"] == [9, 0, 4]
+    # the stdlib reads these bytes the same way (numpy's own reconstruction): same content
+    plain = pickle.loads(raw, encoding="bytes")
+    np.testing.assert_array_equal(plain[b"data"], batch[b"data"])
+    ds = load_dataset("cifar10", data_dir=tmp_path)
+    assert ds.y_train[:3].tolist() == [9, 0, 4]
+    np.testing.assert_array_equal(ds.x_train[:3].reshape(3, -1) * np.float32(255), data.astype(np.float32))
