@@ -58,7 +58,7 @@ def test_run_writes_metrics_summary_and_resumes(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["run", "--algorithm", "ec", "--dataset", "cifar10"], "valid datasets: blogfeedback, femnist, mnist,"),
+    (["run", "--algorithm", "ec", "--dataset", "imagenet"], "valid datasets: blogfeedback, cifar10, cifar100, femnist,"),
     (["run", "--algorithm", "ec", "--model", "resnet"], "valid models: fedpm-conv4,"),
     (["run", "--algorithm", "ec", "--set", "sim.client=3"], "valid keys: clients, clients_per_round,"),
     (["run", "--algorithm", "ec", "--set", "lr=0.1"], "valid keys: setting, algorithm, dataset,"),
