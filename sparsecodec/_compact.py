@@ -33,12 +33,49 @@ from .frame import CRC_BYTES, FLAG_CHECKSUM, FORMAT_VERSION, MAGIC, FrameReader,
 from .indices import INDEX_CODERS, choose_index_coder, decode_indices, encode_indices
 
 __all__ = ["seeded_crc", "start_writer", "finish_writer", "open_reader", "SupportEntry",
-           "write_supports", "read_supports", "OVERHEAD"]
+           "write_supports", "read_supports", "OVERHEAD", "section_adder", "attribute_overhead",
+           "close_read_sections"]
 
 #: Key under which bits that belong to no tensor are attributed.
 OVERHEAD = "_bundle"
 _INDEX_NAMES = {v: k for k, v in INDEX_CODERS.items()}
 Add = Callable[[str, str, int], None]
+
+
+Sections = dict[str, dict[str, int]]
+
+
+def section_adder(per: Sections) -> Add:
+    """``add(name, section, bits)`` accumulating into ``per`` (zero bits add nothing)."""
+    def add(name: str, section: str, bits: int) -> None:
+        if bits:
+            d = per.setdefault(name, {})
+            d[section] = d.get(section, 0) + bits
+    return add
+
+
+def attribute_overhead(per: Sections, sections: dict[str, int]) -> None:
+    """Encoder side: whatever the per-tensor rows do not hold (preamble, CRC, padding) is the
+    message's own, under :data:`OVERHEAD`; the rows then add up to the frame exactly."""
+    overhead = dict(sections)
+    for name, secs in per.items():
+        if name != OVERHEAD:
+            for k, v in secs.items():
+                overhead[k] = overhead.get(k, 0) - v
+    if any(v < 0 for v in overhead.values()):
+        raise RuntimeError(f"sparsecodec bug: per-tensor bits exceed the frame's {dict(sections)}")
+    per[OVERHEAD] = {k: v for k, v in overhead.items() if v}
+
+
+def close_read_sections(per: Sections, head_bits: int, has_crc: bool, nbytes: int) -> Sections:
+    """Decoder side: add the preamble (and CRC) to :data:`OVERHEAD`; check the exact total."""
+    own = per.setdefault(OVERHEAD, {})
+    own["header"] = own.get("header", 0) + head_bits
+    if has_crc:
+        own["checksum"] = 32
+    if sum(sum(s.values()) for s in per.values()) != 8 * nbytes:
+        raise RuntimeError("sparsecodec bug: decoded sections do not add up to the message")
+    return per
 
 
 def seeded_crc(seed: int, data) -> int:

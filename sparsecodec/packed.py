@@ -50,8 +50,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ._arrays import as_numpy
-from ._compact import (OVERHEAD, SupportEntry, finish_writer, open_reader, read_supports,
-                       start_writer, write_supports)
+from ._compact import (OVERHEAD, SupportEntry, attribute_overhead, close_read_sections,
+                       finish_writer, open_reader, read_supports, section_adder, start_writer,
+                       write_supports)
 from .abc import Codec
 from .bundle import Schema, _codec_for, global_indices
 from .errors import ConfigError, CorruptFrameError, LimitExceededError
@@ -139,14 +140,6 @@ class _Plan:
         return np.cumsum([0] + [self.numels[i] for i in self.topk])
 
 
-def _tensor_sections(names, add_target: Sections) -> Callable[[str, str, int], None]:
-    def add(name: str, section: str, bits: int) -> None:
-        if bits:
-            d = add_target.setdefault(name, {})
-            d[section] = d.get(section, 0) + bits
-    return add
-
-
 def encode_packed(tensors: Mapping[str, Any], spec: MessageSpec, *, checksum: bool = True,
                   side: Mapping[str, Mapping[str, Any]] | None = None,
                   on_encoded: Callable[[str, Any], None] | None = None) -> Frame:
@@ -182,7 +175,7 @@ def encode_packed(tensors: Mapping[str, Any], spec: MessageSpec, *, checksum: bo
         raise ConfigError(f"tensor {names[i] if spec.scope != 'global' else 'update'!r}: {exc}") from None
     ks = {i: int(sel[i].size) for i in plan.topk}
     per: Sections = {}
-    add = _tensor_sections(names, per)
+    add = section_adder(per)
     w = start_writer(PACKED_WIRE_ID, spec.fingerprint, checksum)
     for i in plan.topk:
         if plan.fixed_k(i) is None:
@@ -224,26 +217,13 @@ def encode_packed(tensors: Mapping[str, Any], spec: MessageSpec, *, checksum: bo
         w.raw(body[1:], _body_section(c))
         add(name, _body_section(c), 8 * (len(body) - 1))
     data, sections = finish_writer(w, spec.fingerprint, checksum)
-    _attribute_overhead(per, sections)
+    attribute_overhead(per, sections)
     frame = Frame(data, sections, sum(plan.numels), "packed",
                   {"tensors": per, "bound_bits": message_bound_bits(plan, ks, per)})
     if on_encoded is not None:
         for name in names:
             on_encoded(name, results.get(name))
     return frame
-
-
-def _attribute_overhead(per: Sections, sections: Mapping[str, int]) -> None:
-    """Whatever the per-tensor rows do not hold (preamble, CRC, padding) is the message's."""
-    overhead = dict(sections)
-    for name, secs in per.items():
-        if name == OVERHEAD:
-            continue
-        for k, v in secs.items():
-            overhead[k] = overhead.get(k, 0) - v
-    if any(v < 0 for v in overhead.values()):
-        raise RuntimeError(f"sparsecodec bug: per-tensor bits exceed the frame's {dict(sections)}")
-    per[OVERHEAD] = {k: v for k, v in overhead.items() if v}
 
 
 def decode_packed(data, spec: MessageSpec, *, max_numel: int = DEFAULT_MAX_NUMEL,
@@ -263,7 +243,7 @@ def decode_packed(data, spec: MessageSpec, *, max_numel: int = DEFAULT_MAX_NUMEL
     r, head_bits, has_crc = open_reader(data, PACKED_WIRE_ID, spec.fingerprint, max_numel, "compact message")
     names = plan.names
     per: Sections = {}
-    add = _tensor_sections(names, per)
+    add = section_adder(per)
     ks: dict[int, int] = {}
     for i in plan.topk:
         k = plan.fixed_k(i)
@@ -318,14 +298,8 @@ def decode_packed(data, spec: MessageSpec, *, max_numel: int = DEFAULT_MAX_NUMEL
         info["k"] = {names[i]: ks[i] for i in plan.topk}
         info["bound_bits"] = message_bound_bits(plan, ks, per)
     if sections is not None:
-        own = per.setdefault(OVERHEAD, {})
-        own["header"] = own.get("header", 0) + head_bits
-        if has_crc:
-            own["checksum"] = 32
-        if sum(sum(s.values()) for s in per.values()) != 8 * len(r.buf):
-            raise RuntimeError("sparsecodec bug: decoded sections do not add up to the message")
         sections.clear()
-        sections.update(per)
+        sections.update(close_read_sections(per, head_bits, has_crc, len(r.buf)))
     return {name: out[name] for name in names}
 
 

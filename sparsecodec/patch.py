@@ -48,8 +48,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from ._arrays import as_numpy
-from ._compact import (OVERHEAD, SupportEntry, finish_writer, open_reader, read_supports,
-                       start_writer, write_supports)
+from ._compact import (SupportEntry, attribute_overhead, close_read_sections, finish_writer,
+                       open_reader, read_supports, section_adder, start_writer, write_supports)
 from .bundle import Schema
 from .errors import ConfigError, LimitExceededError, SparseCodecError
 from .frame import DEFAULT_MAX_NUMEL, Frame
@@ -136,11 +136,7 @@ def encode_patch(target: Mapping[str, Any], supports: Mapping[str, Any], schema:
         raise ConfigError(f"supports for tensors not in the schema: {unknown[:5]}")
     digest = model_digest(target, schema) if digest is None else int(digest)
     per: dict[str, dict[str, int]] = {}
-
-    def add(name: str, section: str, bits: int) -> None:
-        if bits:
-            d = per.setdefault(name, {})
-            d[section] = d.get(section, 0) + bits
+    add = section_adder(per)
 
     w = start_writer(PATCH_WIRE_ID, schema.fingerprint, checksum)
     w.varint(int(base), "header")
@@ -166,12 +162,7 @@ def encode_patch(target: Mapping[str, Any], supports: Mapping[str, Any], schema:
         w.raw(chosen.view(np.uint8), "values")
         add(name, "values", 8 * chosen.nbytes)
     data, sections = finish_writer(w, schema.fingerprint, checksum)
-    overhead = dict(sections)
-    for name, secs in per.items():
-        if name != OVERHEAD:
-            for k, b in secs.items():
-                overhead[k] -= b
-    per[OVERHEAD] = {k: b for k, b in overhead.items() if b}
+    attribute_overhead(per, sections)
     return Frame(data, sections, sum(_numel(e[2]) for e in schema.entries), "patch",
                  {"tensors": per, "base": int(base), "version": int(version), "k": sum(i.size for i in idxs),
                   "bound_bits": patch_bound_bits(schema, {e.owner: e.k for e in entries})})
@@ -184,11 +175,7 @@ def decode_patch(data, schema: Schema, *, max_numel: int = DEFAULT_MAX_NUMEL) ->
         raise LimitExceededError(f"the schema's tensors hold {total} elements > max_numel={max_numel}")
     r, head_bits, has_crc = open_reader(data, PATCH_WIRE_ID, schema.fingerprint, max_numel, "model patch")
     per: dict[str, dict[str, int]] = {}
-
-    def add(name: str, section: str, bits: int) -> None:
-        if bits:
-            d = per.setdefault(name, {})
-            d[section] = d.get(section, 0) + bits
+    add = section_adder(per)
 
     start = r.pos
     base = r.varint("base version", _MAX_VERSION)
@@ -211,12 +198,7 @@ def decode_patch(data, schema: Schema, *, max_numel: int = DEFAULT_MAX_NUMEL) ->
         add(name, "values", 8 * e.k * dt.itemsize)
         supports[name] = idx
     r.expect_end()
-    own = per.setdefault(OVERHEAD, {})
-    own["header"] = own.get("header", 0) + head_bits
-    if has_crc:
-        own["checksum"] = 32
-    if sum(sum(s.values()) for s in per.values()) != 8 * len(r.buf):
-        raise RuntimeError("sparsecodec bug: patch sections do not add up to the message")
+    close_read_sections(per, head_bits, has_crc, len(r.buf))
     return Patch(base, version, digest, supports, values, per)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 flwr = pytest.importorskip("flwr", reason="Flower is not installed (pip install -e '.[flower]')")
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="torch is in the [fl] extra: pip install torch==2.13.0, then -e '.[fl]'")
 
 import sparsecodec as sc  # noqa: E402
 from flwr.app import (Array, ArrayRecord, ConfigRecord, Context, Message, Metadata,  # noqa: E402

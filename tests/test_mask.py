@@ -416,7 +416,7 @@ def test_subset_without_jit():
 
 def test_p_may_be_a_torch_tensor():
     # side information arrives as the model's tensors: float32, bf16, requires_grad, 0-d
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="torch is in the [fl] extra: pip install torch==2.13.0, then -e '.[fl]'")
     mask = torch.rand(64, generator=torch.Generator().manual_seed(0)) < 0.3
     for p in (torch.full((64,), 0.3), torch.full((64,), 0.3, dtype=torch.bfloat16),
               torch.full((64,), 0.3, requires_grad=True), torch.tensor(0.3)):

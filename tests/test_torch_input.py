@@ -5,7 +5,7 @@ import pytest
 
 import sparsecodec as sc
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="torch is in the [fl] extra: pip install torch==2.13.0, then -e '.[fl]'")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -97,7 +97,6 @@ def test_readme_torch_example_runs_as_written():
 
 
 def test_decode_as_torch_shares_memory_and_keeps_dtype():
-    torch = pytest.importorskip("torch")
     x = np.arange(6, dtype=np.float64).reshape(2, 3)
     t = sc.decode(sc.Dense().encode(x), as_torch=True)
     assert isinstance(t, torch.Tensor) and t.dtype == torch.float64 and t.shape == (2, 3)
