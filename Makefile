@@ -26,7 +26,7 @@ install: $(STAMP)
 
 # torch (ATen, oneDNN, MKL) and numpy pick SIMD kernels by CPU, and AVX2 and AVX-512 kernels
 # round floats differently (FedAvg after 2 demo rounds: 0.9275 with AVX-512, 0.9245 with
-# ATen pinned to AVX2, one machine): pinning all to AVX2 makes machines with and without
+# ATen pinned to AVX2, one machine: python tools/simd_dispatch.py): pinning all to AVX2 makes machines with and without
 # AVX-512 run the same kernels, so the README's demo table does not depend on that
 PIN_SIMD := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
 	NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"
