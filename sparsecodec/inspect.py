@@ -201,7 +201,7 @@ class _Sections:
 
 def _topk_body(r: FrameReader, sec: _Sections, decoded, side) -> dict[str, Any]:
     from .topk import _INDEX_NAMES
-    from .values import VALUE_BYTES, value_coder_name
+    from .values import value_coder_name, value_payload_bytes
 
     start = r.pos
     dtype, shape, numel = r.tensor_header()
@@ -213,7 +213,7 @@ def _topk_body(r: FrameReader, sec: _Sections, decoded, side) -> dict[str, Any]:
     values = value_coder_name((config >> 4) & 0x07)
     start = r.pos
     k = r.varint("k", numel)
-    vbytes = k * VALUE_BYTES[values]
+    vbytes = value_payload_bytes(values, k)
     r.take(r.remaining - vbytes, "index payload")
     sec.add("index", r.pos - start)
     r.take(vbytes, "values")

@@ -58,7 +58,7 @@ from .bundle import Schema, _codec_for, global_indices
 from .errors import ConfigError, CorruptFrameError, LimitExceededError
 from .frame import DEFAULT_MAX_NUMEL, Frame, FrameReader, FrameWriter
 from .registry import PACKED_WIRE_ID   # the registry owns every wire id
-from .values import VALUE_BYTES, decode_values, encode_values
+from .values import decode_values, encode_values, value_payload_bytes
 
 __all__ = ["MessageSpec", "PACKED_WIRE_ID", "encode_packed", "decode_packed"]
 
@@ -266,7 +266,7 @@ def decode_packed(data, spec: MessageSpec, *, max_numel: int = DEFAULT_MAX_NUMEL
     for i in plan.topk:
         name, dtype, shape = plan.entries[i]
         c = plan.codecs[i]
-        nbytes = ks[i] * VALUE_BYTES[c.values]
+        nbytes = value_payload_bytes(c.values, ks[i])
         vals = decode_values(r.take(nbytes, f"entry {name!r} values"), ks[i], c.values, np.dtype(dtype),
                              allow_nonfinite=c.allow_nonfinite)
         add(name, "values", 8 * nbytes)

@@ -6,7 +6,8 @@ Frame body (after the 5-byte preamble, see :mod:`sparsecodec.frame`)::
     header   config byte: bits 0-3 index coder id, bits 4-6 value coder id,
              bit 7 = non-finite values allowed
     index    varint k, then the index coder's payload (parameters derived from numel, k)
-    values   k values in the value format (fixed size, so the index payload length is implied)
+    values   k values in the value format (a size fixed by k, so the index payload length is
+             implied; see :mod:`sparsecodec.values`)
 
 How k is chosen (``k_rule``, applied per tensor, or once over a whole bundle with
 ``scope="global"``):
@@ -48,7 +49,7 @@ from .frame import Frame, FrameReader, FrameWriter
 from .indices import INDEX_CODERS, choose_index_coder, decode_indices, encode_indices
 from .registry import register_codec
 from .selection import check_finite, topk_indices
-from .values import VALUE_BYTES, VALUE_CODERS, decode_values, encode_values, value_coder_name
+from .values import VALUE_CODERS, decode_values, encode_values, value_coder_name, value_payload_bytes
 
 __all__ = ["TopK", "k_for", "K_RULES"]
 
@@ -241,7 +242,7 @@ class TopK(Codec):
             raise CorruptFrameError(f"unknown index coder id {index_id}")
         vcoder = value_coder_name(value_id)
         k = r.varint("k", numel)
-        values_len = k * VALUE_BYTES[vcoder]
+        values_len = value_payload_bytes(vcoder, k)
         if values_len > r.remaining:
             raise CorruptFrameError(
                 f"k={k} {vcoder} values need {values_len} bytes but only {r.remaining} remain: "

@@ -1,0 +1,148 @@
+"""The value-coder table and the quantized coders (q8, sign) under error feedback (issue 18)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import sparsecodec as sc
+from sparsecodec import values as vc
+from sparsecodec.errors import ConfigError, CorruptFrameError
+
+QUANTIZED = ("q8", "sign")
+floats32 = st.floats(-2.0**100, 2.0**100, width=32, allow_subnormal=True)
+
+
+def test_every_coder_is_in_one_table_with_unique_ids():
+    names = sorted(vc.VALUE_CODERS)
+    assert {"fp32", "fp16", "bf16", "fp64", "q8", "sign"} <= set(names)
+    assert len(set(vc.VALUE_CODERS.values())) == len(names)
+    for name in names:
+        rec = vc.value_coder(name)
+        assert rec.name == name and vc.value_coder_name(rec.wire_id) == name
+    with pytest.raises(ConfigError, match="already registered"):
+        vc.register_value_coder(vc.value_coder("q8"))
+    with pytest.raises(ConfigError, match="values must be one of"):
+        sc.TopK(k=1, values="q4")
+
+
+@pytest.mark.parametrize("coder", sorted(vc.VALUE_CODERS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_payload_size_and_decode_match_the_encoder(coder, dtype):
+    rng = np.random.default_rng(3)
+    for k in (0, 1, 7, 8, 9, 100):
+        v = (rng.standard_normal(k) * 3).astype(dtype)
+        data, vhat = vc.encode_values(v, coder)
+        assert len(data) == vc.value_payload_bytes(coder, k)
+        assert vhat.dtype == v.dtype
+        out = vc.decode_values(data, k, coder, np.dtype(dtype))
+        assert out.dtype == v.dtype and out.tobytes() == vhat.tobytes()
+
+
+def test_q8_and_sign_sizes_and_reconstructions():
+    v = np.array([1.0, -0.5, 0.25, -2.0], np.float32)
+    data, vhat = vc.encode_values(v, "q8")
+    assert len(data) == 8
+    s = np.float32(2.0 / 127)
+    assert np.array_equal(vhat, np.rint(v / s).astype(np.float32) * s)
+    data, vhat = vc.encode_values(v, "sign")
+    assert len(data) == 5 and data[4] == 0b1010
+    assert np.array_equal(vhat, np.float32(0.9375) * np.sign(v))
+
+
+@settings(max_examples=150, deadline=None)
+@given(hnp.arrays(np.float32, st.integers(1, 60), elements=floats32), st.integers(1, 60),
+       st.sampled_from(QUANTIZED))
+def test_error_feedback_invariant(x, k, coder):
+    """q8: ``x_hat + e_new == x + e_old`` exactly; sign: within one rounding of a - x_hat."""
+    k = min(k, x.size)
+    ef = sc.ErrorFeedback()
+    ef.step("w", x * np.float32(0.5), sc.TopK(k=k, values=coder))   # a non-zero e_old
+    e_old = ef.residual("w").copy()
+    with np.errstate(over="ignore"):
+        a = x + e_old
+    if not np.all(np.isfinite(a)):
+        return
+    frame = ef.step("w", x, sc.TopK(k=k, values=coder))
+    x_hat = sc.decode(bytes(frame))
+    e_new = ef.residual("w")
+    if coder == "q8":
+        assert np.array_equal((x_hat + e_new).view(np.uint32), a.view(np.uint32)) or \
+            np.array_equal(x_hat + e_new, a)
+    else:
+        err = np.abs((x_hat.astype(np.float64) + e_new) - a)
+        bound = 2.0**-24 * np.abs(a.astype(np.float64) - x_hat) + 2.0**-149
+        assert np.all(err <= bound)
+        assert np.array_equal(e_new[x_hat == 0], a[x_hat == 0])
+
+
+def test_sign_residual_is_not_exact_somewhere():
+    # the documented bound is needed: a case where a - x_hat rounds
+    x = np.array([1.0000001, 3000.0, 0.0], np.float32)
+    ef = sc.ErrorFeedback()
+    frame = ef.step("w", x, sc.TopK(k=2, values="sign"))
+    x_hat = sc.decode(bytes(frame))
+    assert not np.array_equal(x_hat + ef.residual("w"), x)
+
+
+@pytest.mark.parametrize("coder", QUANTIZED)
+def test_non_finite_values_are_refused_with_the_fix(coder):
+    x = np.array([np.inf, 1.0, 0.0], np.float32)
+    with pytest.raises(ConfigError, match="fp32"):
+        sc.TopK(k=2, values=coder, allow_nonfinite=True).encode(x)
+
+
+def _frame(coder, k=9):
+    x = np.linspace(-1, 1, 40, dtype=np.float32)
+    return bytearray(bytes(sc.TopK(k=k, values=coder).encode(x)))
+
+
+@pytest.mark.parametrize("coder", QUANTIZED)
+def test_crafted_scales_are_corrupt(coder):
+    for bad in (np.float32(np.nan), np.float32(-1.0), np.float32(np.inf)):
+        data = _frame(coder)
+        at = len(data) - vc.value_payload_bytes(coder, 9)
+        data[at:at + 4] = np.array([bad], "<f4").tobytes()
+        with pytest.raises(CorruptFrameError, match="scale"):
+            sc.decode(bytes(data))
+
+
+def test_q8_minus_128_and_zero_scale_are_corrupt():
+    data = _frame("q8")
+    data[-1] = 0x80
+    with pytest.raises(CorruptFrameError, match="-128"):
+        sc.decode(bytes(data))
+    data = _frame("q8")
+    at = len(data) - 13
+    data[at:at + 4] = bytes(4)
+    with pytest.raises(CorruptFrameError, match="zero scale"):
+        sc.decode(bytes(data))
+
+
+def test_sign_padding_bits_are_corrupt():
+    data = _frame("sign", k=9)
+    data[-1] |= 0x80
+    with pytest.raises(CorruptFrameError, match="padding"):
+        sc.decode(bytes(data))
+
+
+@pytest.mark.parametrize("coder", QUANTIZED)
+def test_quantized_values_in_bundles_and_compact_messages(coder):
+    rng = np.random.default_rng(0)
+    tensors = {"a": rng.standard_normal((30, 40)).astype(np.float32),
+               "b": rng.standard_normal(50).astype(np.float32)}
+    codec = sc.TopK(density=0.1, values=coder)
+    frame, x_hat = codec.encode_and_reconstruct(tensors["a"])
+    bundle = sc.encode_bundle(tensors, codec)
+    got = sc.decode_bundle(bytes(bundle))
+    assert np.array_equal(got["a"], x_hat)
+    spec = sc.MessageSpec.from_tensors(tensors, codec)
+    msg = sc.encode_packed(tensors, spec)
+    out = sc.decode_packed(bytes(msg), spec)
+    assert all(np.array_equal(out[n], got[n]) for n in tensors)
+    # q8 / sign cut the value section of the compact message
+    fp32 = sc.encode_packed(tensors, sc.MessageSpec.from_tensors(tensors, sc.TopK(density=0.1)))
+    assert msg.sections["values"] < fp32.sections["values"] / (3.5 if coder == "q8" else 20)
