@@ -2,7 +2,7 @@
 
     python -m fl list
     python -m fl run --algorithm ec [--config FILE.toml] [--setting demo] [--dataset NAME]
-                     [--rounds N] [--set key=value ...] [--out DIR] [--resume]
+                     [--rounds N] [--set key=value ...] [--device cpu|cuda] [--out DIR] [--resume]
     python -m fl plot DIR [DIR ...] [--out DIR]
     python -m fl compare [--algorithms fedavg,ec,ef21] [same options as run] [--out DIR]
 
@@ -41,6 +41,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, dotted, TOML value (e.g. algo.lr=0.1); repeatable")
     p.add_argument("--data-dir", help="directory holding the offline datasets (else $FL_DATA_DIR)")
+    p.add_argument("--device", help="torch device for the model and local training: cpu (default) or "
+                   "cuda / cuda:N (sets sim.device; what is sent is copied to the CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
 
@@ -71,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _resolve(args, algorithm: str):
     from .config import resolve_config
 
-    return resolve_config(setting=args.setting, file=args.config, sets=args.sets,
+    # --device is sim.device; an explicit --set sim.device=... after it still wins
+    sets = ([f"sim.device={json.dumps(args.device)}"] if args.device is not None else []) + list(args.sets)
+    return resolve_config(setting=args.setting, file=args.config, sets=sets,
                           algorithm=algorithm, dataset=args.dataset, model=args.model,
                           rounds=args.rounds, seed=args.seed)
 

@@ -34,7 +34,7 @@ of the chosen algorithm's config, defaults included; it resolves to itself.
     >>> resolve_config(algorithm="ec", sets=["sim.clinets=3"])
     Traceback (most recent call last):
     ...
-    sparsecodec.errors.ConfigError: unknown key(s) ['clinets'] in [sim]; valid keys: clients, clients_per_round, eval_every, checkpoint_every, threads, eval_batch_size, wire, downlink, downlink_history, strict
+    sparsecodec.errors.ConfigError: unknown key(s) ['clinets'] in [sim]; valid keys: clients, clients_per_round, eval_every, checkpoint_every, threads, eval_batch_size, wire, downlink, downlink_history, strict, device
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from typing import Any, Mapping, Sequence
 from sparsecodec.errors import ConfigError
 
 from .algorithms import available_algorithms, get_algorithm
+from .algorithms.base import check_device_name
 
 try:
     import tomllib
@@ -84,6 +85,10 @@ class SimConfig:
     #: for developers: re-raise an unforeseen exception while receiving a client's update
     #: (by default any failure drops that client with its reason, and the round goes on)
     strict: bool = False
+    #: the torch device the model, the training data and local training live on: "cpu" or
+    #: "cuda" / "cuda:N" (checked against the machine when the run starts,
+    #: fl.algorithms.base.resolve_device). What is sent is copied to the CPU as numpy first.
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         choices = {"wire": ("compact", "bundle"), "downlink": ("patch", "dense")}
@@ -96,6 +101,9 @@ class SimConfig:
             if f.name == "strict":
                 if not isinstance(v, bool):
                     raise ConfigError(f"sim.strict must be true or false, got {v!r}")
+                continue
+            if f.name == "device":
+                check_device_name(v)
                 continue
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"sim.{f.name} must be an int, got {v!r}")

@@ -19,7 +19,9 @@ One round (``t`` counts from 0; metrics and the ledger say ``round = t + 1``)::
 Reproducibility: every random stream is explicit. ``SeedSequence(seed)`` spawns the partition
 generator, the client-sampling generator, the model-init ``torch.Generator`` and one
 ``torch.Generator`` per client for its minibatch order; ``torch.set_num_threads`` is fixed by
-the config. A checkpoint holds the server and client states, the sampling generator's
+the config. ``sim.device`` (``--device``) puts the model and the clients' and test tensors on
+that torch device; the generators stay on the CPU and the codecs get CPU numpy copies, so a
+``cpu`` run is the run it always was (a GPU run is not bit-identical to it: other kernels). A checkpoint holds the server and client states, the sampling generator's
 ``bit_generator.state``, every client generator's ``get_state()``, the ledger and the metrics,
 so ``resume`` continues to a bit-identical model, metrics and ledger. Checkpoints are data, not
 code (:mod:`fl.checkpoint`: no pickle, a SHA-256 digest); they also hold the patch downlink's
@@ -53,7 +55,7 @@ from sparsecodec.errors import ConfigError, FrameError
 from . import partition as part
 from .algorithms import get_algorithm
 from .algorithms.base import (Algorithm, ClientData, ClientResult, Update, check_finite_tensors,
-                              model_tensors)
+                              model_tensors, run_device)
 from .channel import SERVER, Channel, Ledger, Message
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig, build_config
@@ -124,6 +126,7 @@ class Simulation:
         self.algorithm = algorithm if algorithm is not None else get_algorithm(config.algorithm)
         self.cfg = config.algo
         torch.set_num_threads(config.sim.threads)
+        self.device = run_device(config.sim.device, self.algorithm)
         self.dataset = dataset if dataset is not None else load_dataset(config.dataset, data_dir, **config.data)
         streams = np.random.SeedSequence(config.seed).spawn(4)
         parts = _partition(config, self.dataset, np.random.default_rng(streams[0]))
@@ -131,17 +134,21 @@ class Simulation:
         options = {k: v for k, v in config.model_options.items() if k != "init"}
         init = config.model_options.get("init")
         self._model_seed, self._model_options = _seed_of(streams[2]), options
+        # initialised on the CPU from the CPU generator, then moved: the same weights everywhere
         self.model = build_model(config.model, generator=torch.Generator().manual_seed(self._model_seed),
-                                 init=init, **options)
+                                 init=init, device=self.device, **options)
         self.num_params = count_parameters(self.model)
         task = self.dataset.task
         x, y = self.dataset.x_train, self.dataset.y_train
+
+        def on_device(a: np.ndarray) -> torch.Tensor:     # on the CPU: the array itself, no copy
+            return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
         self.clients = [
-            ClientData(i, torch.from_numpy(np.ascontiguousarray(x[idx])), torch.from_numpy(np.ascontiguousarray(y[idx])),
+            ClientData(i, on_device(x[idx]), on_device(y[idx]),
                        self.model, torch.Generator().manual_seed(_seed_of(s)), task)
             for i, (idx, s) in enumerate(zip(parts, streams[3].spawn(len(parts))))]
-        self.x_test = torch.from_numpy(self.dataset.x_test)
-        self.y_test = torch.from_numpy(self.dataset.y_test)
+        self.x_test, self.y_test = on_device(self.dataset.x_test), on_device(self.dataset.y_test)
         self.channel = channel if channel is not None else Channel()
         self.server = self.algorithm.init_server(model_tensors(self.model), self.cfg, len(self.clients))
         self.client_states = {c.client_id: self.algorithm.init_client(c.client_id, self.cfg)

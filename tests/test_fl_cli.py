@@ -69,6 +69,7 @@ def test_run_writes_metrics_summary_and_resumes(tmp_path, capsys):
     (["run", "--algorithm", "ec", "--setting", "fast"], "valid settings: defaults, demo, flare-cnn"),
     (["run", "--algorithm", "ec", "--rounds", "0"], "rounds must be >= 1"),
     (["run"], "run needs --algorithm"),
+    (["run", "--algorithm", "ec", "--device", "tpu"], "sim.device must be 'cpu', 'cuda' or 'cuda:N'"),
     (["plot", "/nonexistent/run"], "not a finished run directory"),
 ])
 def test_bad_input_exits_2_listing_the_valid_choices(argv, message, capsys, tmp_path):
@@ -78,6 +79,20 @@ def test_bad_input_exits_2_listing_the_valid_choices(argv, message, capsys, tmp_
             argv += ["--set", "rounds=1"]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_device_flag_is_sim_device(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "fedavg"
+    assert main(["run", "--algorithm", "fedavg", "--rounds", "1", "--device", "cpu", "--out", str(out),
+                 "--no-progress"] + sets()) == 0
+    assert json.loads((out / "summary.json").read_text())["config"]["sim"]["device"] == "cpu"
+    # a later --set sim.device wins over --device, as every --set wins over the flags
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    argv = ["run", "--algorithm", "fedavg", "--rounds", "1", "--out", str(out), "--no-progress"] + sets()
+    assert main(argv + ["--device", "cpu", "--set", "sim.device='cuda'"]) == 2
+    assert "no CUDA GPU on this machine" in capsys.readouterr().err
+    assert main(argv + ["--device", "cuda"]) == 2
+    assert "run with --device cpu" in capsys.readouterr().err
 
 
 def test_config_file_layers_and_set_overrides(tmp_path):

@@ -234,3 +234,78 @@ def test_any_exception_while_receiving_drops_the_client_unless_sim_strict():
     assert all("MemoryError" in d["reason"] for d in result.metrics[0]["dropped"])
     with pytest.raises(MemoryError):
         run_simulation(tiny("fedavg", "rounds=1", "sim.strict=true"), algorithm=Boom())
+
+
+# -- the torch device (sim.device, --device) -------------------------------------------------
+#: the algorithms whose own tensors follow the model's device (Algorithm.devices lists cuda)
+ON_GPU = ["ec", "ef21", "fedavg", "fedavg-topk", "flare", "sparsyfed", "topk-prune"]
+NO_GPU = "needs a CUDA GPU (torch.cuda.is_available() is False here); run on a machine with one"
+
+
+def test_which_algorithms_run_on_a_gpu():
+    from fl.algorithms import available_algorithms, get_algorithm
+
+    assert [n for n in available_algorithms() if "cuda" in get_algorithm(n).devices] == ON_GPU
+    assert all("cpu" in get_algorithm(n).devices for n in available_algorithms())
+
+
+@pytest.mark.parametrize("bad", ["tpu", "CPU", "cuda:", "cuda:x", "gpu", 0, True])
+def test_device_names_are_checked_when_the_config_is_built(bad):
+    with pytest.raises(ConfigError, match=r"sim.device must be 'cpu', 'cuda' or 'cuda:N' \(python -m fl "
+                                          r"run --device cpu\|cuda\)"):
+        tiny("fedavg", f"sim.device={json.dumps(bad)}")
+
+
+def test_the_device_is_checked_against_the_machine_when_the_run_starts(monkeypatch):
+    assert tiny("fedavg").sim.device == "cpu"                      # the default
+    config = tiny("fedavg", "sim.device='cuda:1'")                 # a valid name: built anywhere
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA GPU on this machine .* run with --device cpu"):
+        Simulation(config)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"1 CUDA device\(s\): use cuda:0 .. cuda:0"):
+        Simulation(config)
+    # an algorithm whose tensors do not follow the model yet is refused on the GPU, not run
+    # with every client dropped for a device mismatch
+    with pytest.raises(ConfigError, match="algorithm 'fedpm' runs on cpu only .* use --device cpu"):
+        Simulation(resolve_config(algorithm="fedpm", sets=["sim.device='cuda'"]))
+
+
+@pytest.mark.parametrize("algorithm", ON_GPU)
+def test_on_the_cpu_the_codecs_get_numpy_and_the_tensors_stay_put(algorithm, monkeypatch):
+    """The send boundary: whatever the device, only CPU numpy arrays reach a codec."""
+    from fl.channel import Link
+
+    sent: list[type] = []
+    real_send = Link.send
+
+    def send(self, tensors, *args, **kwargs):
+        sent.extend(type(t) for t in tensors.values())
+        return real_send(self, tensors, *args, **kwargs)
+
+    monkeypatch.setattr(Link, "send", send)
+    sim = Simulation(tiny(algorithm, "rounds=2", "sim.clients_per_round=0", "sim.device='cpu'"))
+    assert sim.device == torch.device("cpu")
+    assert all(c.x.device.type == c.y.device.type == "cpu" for c in sim.clients)
+    result = sim.run()
+    assert sent and set(sent) == {np.ndarray}
+    assert sum(len(m["dropped"]) for m in result.metrics) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)
+@pytest.mark.parametrize("algorithm", ON_GPU)
+def test_a_run_on_the_gpu_matches_the_cpu_run(algorithm):
+    """On cuda the model and the data live on the GPU, nothing is dropped for a device
+    mismatch, the codecs get CPU numpy, and the result is the CPU's up to float rounding."""
+    extra = ["rounds=2", "sim.clients_per_round=0", "sim.wire='bundle'", "sim.downlink='dense'"]
+    gpu = Simulation(tiny(algorithm, *extra, "sim.device='cuda'"))
+    assert gpu.device.type == "cuda" and next(gpu.model.parameters()).is_cuda
+    assert all(c.x.is_cuda and c.y.is_cuda for c in gpu.clients) and gpu.x_test.is_cuda
+    on_gpu, on_cpu = gpu.run(), run_simulation(tiny(algorithm, *extra))
+    assert sum(len(m["dropped"]) for m in on_gpu.metrics) == 0
+    assert all(np.isfinite(m["train_loss"]) for m in on_gpu.metrics)
+    for k, v in on_cpu.params.items():
+        np.testing.assert_allclose(on_gpu.params[k], v, rtol=1e-3, atol=1e-4, err_msg=k)
+    if algorithm == "fedavg":     # dense fp32 deltas: the same shapes, so the same bits
+        assert on_gpu.ledger.total_bits(direction="up") == on_cpu.ledger.total_bits(direction="up")

@@ -15,6 +15,12 @@ loops, sampling or checkpoints, so the same object runs in ``fl.simulation`` and
 Tensors are ``dict[str, np.ndarray]`` (float32) keyed by the model's ``state_dict`` names
 (floating entries only: parameters and float buffers).
 
+Devices: the engine puts the work model and the clients' data on one torch device
+(``sim.device``, :func:`resolve_device`); :func:`model_tensors` returns CPU numpy copies, so
+what reaches a codec is always on the CPU, and :func:`load_tensors` copies numpy onto the
+model's device. An algorithm whose own torch tensors follow the model's device lists
+``"cuda"`` in :attr:`Algorithm.devices`; the engine refuses the others on a GPU.
+
     >>> cfg = TrainConfig(lr=0.1)
     >>> cfg.lr, cfg.momentum, cfg.batch_size
     (0.1, 0.99, 600)
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Sequence
@@ -40,7 +47,8 @@ from ..channel import Link, Message
 
 __all__ = ["Algorithm", "TrainConfig", "ClientData", "ClientResult", "ServerResult", "Update",
            "ServerState", "NonFiniteUpdateError", "model_tensors", "load_tensors", "local_sgd",
-           "evaluate", "check_finite_tensors", "subtract", "average", "make_config"]
+           "evaluate", "check_finite_tensors", "subtract", "average", "make_config",
+           "check_device_name", "resolve_device", "run_device", "model_device"]
 
 Tensors = dict[str, np.ndarray]
 
@@ -111,13 +119,76 @@ def make_config(config_cls: type, overrides: Mapping[str, Any], owner: str) -> A
     return config_cls(**overrides)
 
 
+# -- devices ---------------------------------------------------------------------------------
+def check_device_name(name: Any) -> str:
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (the spellings ``sim.device`` accepts).
+
+    >>> check_device_name("cuda:1")
+    'cuda:1'
+    >>> check_device_name("tpu")
+    Traceback (most recent call last):
+    ...
+    sparsecodec.errors.ConfigError: sim.device must be 'cpu', 'cuda' or 'cuda:N' (python -m fl run --device cpu|cuda), got 'tpu'
+    """
+    if not isinstance(name, str) or not re.fullmatch(r"cpu|cuda(:[0-9]+)?", name):
+        raise ConfigError("sim.device must be 'cpu', 'cuda' or 'cuda:N' (python -m fl run --device "
+                          f"cpu|cuda), got {name!r}")
+    return name
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device ``sim.device = name`` means on this machine; a GPU this machine does
+    not have is a ConfigError saying what to do instead.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    device = torch.device(check_device_name(name))
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"sim.device={name!r}, but torch sees no CUDA GPU on this machine (torch "
+                              f"{torch.__version__}, built for CUDA {torch.version.cuda}); run with --device cpu "
+                              "(sim.device='cpu'), or on a machine with an NVIDIA GPU and a CUDA build of torch")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"sim.device={name!r}, but this machine has {count} CUDA device(s): "
+                              f"use cuda:0 .. cuda:{count - 1}")
+    return device
+
+
+def run_device(name: str, algorithm: "Algorithm") -> torch.device:
+    """:func:`resolve_device` for a run of ``algorithm``: refused where the algorithm does not
+    run (:attr:`Algorithm.devices`). On a GPU it turns cuDNN's autotuner off and its
+    deterministic kernels on, so that a seeded run repeats there."""
+    device = resolve_device(name)
+    if device.type not in algorithm.devices:
+        raise ConfigError(f"algorithm {algorithm.name!r} runs on {' / '.join(algorithm.devices)} only "
+                          f"(its own tensors do not follow the model to {device.type} yet); use --device cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    return device
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters (else buffers) live; CPU for a model without any."""
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
 # -- the contract ----------------------------------------------------------------------------
 @dataclass(eq=False)
 class ClientData:
     """One client's local data and the work model it trains (shared, overwritten each call).
 
     ``generator`` orders minibatches; the engine keeps one per client across rounds and
-    checkpoints its state. ``task`` is ``"classification"`` or ``"regression"``.
+    checkpoints its state. It is a CPU generator whatever the device (the same minibatch order
+    on every device; the CPU index tensor it draws indexes ``x`` / ``y`` where they are).
+    ``x``, ``y`` and ``model`` are on the run's device (``sim.device``). ``task`` is
+    ``"classification"`` or ``"regression"``.
     """
 
     client_id: int
@@ -171,6 +242,10 @@ class Algorithm:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Config: ClassVar[type] = TrainConfig
+    #: device types (``torch.device.type``) this algorithm runs on: an algorithm lists "cuda"
+    #: once every torch tensor it makes itself follows ``data.model``'s device (the base
+    #: helpers do); the engine refuses the others with a ConfigError
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
 
     def make_config(self, **overrides: Any):
         return make_config(self.Config, overrides, f"algorithm {self.name!r}")
@@ -233,13 +308,15 @@ class Algorithm:
 
 # -- tensors ---------------------------------------------------------------------------------
 def model_tensors(model: nn.Module) -> Tensors:
-    """The floating entries of ``model.state_dict()`` as float32 numpy copies, in order."""
+    """The floating entries of ``model.state_dict()`` as float32 numpy copies on the CPU, in
+    order (the send boundary: codecs and the wire only ever see these)."""
     return {k: v.detach().cpu().numpy().astype(np.float32, copy=True)
             for k, v in model.state_dict().items() if v.is_floating_point()}
 
 
 def load_tensors(model: nn.Module, tensors: Mapping[str, np.ndarray]) -> None:
-    """Copy ``tensors`` into the model's floating state (every such entry must be present)."""
+    """Copy ``tensors`` into the model's floating state (every such entry must be present),
+    onto whatever device the model is on."""
     state = model.state_dict()
     wanted = [k for k, v in state.items() if v.is_floating_point()]
     missing, extra = sorted(set(wanted) - set(tensors)), sorted(set(tensors) - set(wanted))

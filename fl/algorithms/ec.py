@@ -87,6 +87,7 @@ class EC(Algorithm):
     name = "ec"
     description = "EC: top-k of (delta + residual) per tensor, error feedback on the client"
     Config = ECConfig
+    devices = ("cpu", "cuda")      # local_sgd only: its tensors follow the model
 
     def init_client(self, client_id: int, cfg: ECConfig) -> ECClientState:
         return ECClientState()

@@ -49,6 +49,7 @@ class EF21(Algorithm):
     name = "ef21"
     description = "EF21: top-k of (delta - g_i), g_i += c_i on both ends, step = mean of g_i"
     Config = EF21Config
+    devices = ("cpu", "cuda")      # local_sgd only: its tensors follow the model
 
     def init_server(self, params, cfg, n_clients):
         return EF21ServerState({k: np.array(v, np.float32) for k, v in params.items()})

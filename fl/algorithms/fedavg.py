@@ -35,6 +35,7 @@ class FedAvg(Algorithm):
     name = "fedavg"
     description = "FedAvg: local SGD, dense fp32 uplink of the model delta, mean on the server"
     Config = FedAvgConfig
+    devices = ("cpu", "cuda")      # local_sgd only: its tensors follow the model
 
 
     def uplink_spec(self, global_params: Mapping[str, np.ndarray], cfg) -> sc.MessageSpec:

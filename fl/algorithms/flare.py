@@ -74,7 +74,7 @@ import sparsecodec as sc
 from ..channel import Link
 from .base import (Algorithm, ClientData, ClientResult, ServerResult, ServerState, Tensors,
                    Update, _check, _loss, average, check_finite_tensors, load_tensors,
-                   model_tensors, subtract)
+                   model_device, model_tensors, subtract)
 from .ec import ECClientState, SparsifierConfig
 
 __all__ = ["FLARE", "FLAREConfig", "FLAREClientState", "stale_mask", "percentile_nearest",
@@ -159,7 +159,7 @@ class _Pull:
 
 
 def _pulls(feedback: sc.ErrorFeedback, global_params: Mapping[str, np.ndarray], names: Sequence[str],
-           t: float) -> tuple[dict[str, _Pull], int]:
+           t: float, device: torch.device | None = None) -> tuple[dict[str, _Pull], int]:
     """The frozen per-round pull of every parameter whose mask is non-empty, and the mask size."""
     pulls, pulled = {}, 0
     for name in names:
@@ -172,7 +172,8 @@ def _pulls(feedback: sc.ErrorFeedback, global_params: Mapping[str, np.ndarray], 
             continue
         pulled += count
         target = np.add(acc, global_params[name], dtype=np.float32)   # A + w_server, as the code
-        pulls[name] = _Pull(torch.from_numpy(mask.astype(np.float32)), torch.from_numpy(target))
+        pulls[name] = _Pull(torch.from_numpy(mask.astype(np.float32)).to(device),
+                            torch.from_numpy(target).to(device))
     return pulls, pulled
 
 
@@ -227,6 +228,7 @@ class FLARE(Algorithm):
     description = ("FLARE: EC top-k per tensor plus a masked L1 pull towards w + A for the "
                    "first p local steps, tau_k = TAU / c^(k+1)")
     Config = FLAREConfig
+    devices = ("cpu", "cuda")      # the pulls are made on the model's device
 
     def init_client(self, client_id: int, cfg: FLAREConfig) -> FLAREClientState:
         return FLAREClientState()
@@ -243,7 +245,8 @@ class FLARE(Algorithm):
         pulls, pulled = {}, 0
         if tau > 0 and cfg.reg_steps > 0:          # otherwise the pull's gradient is exactly 0
             names = [n for n, _ in data.model.named_parameters()]
-            pulls, pulled = _pulls(state.feedback, global_params, names, cfg.percentile)
+            pulls, pulled = _pulls(state.feedback, global_params, names, cfg.percentile,
+                                   model_device(data.model))
         trained, stats = flare_local_sgd(data, global_params, cfg, tau, pulls)
         delta = subtract(trained, global_params)
         check_finite_tensors(delta)

@@ -200,6 +200,7 @@ class TopKPrune(Algorithm):
     name = "topk-prune"
     description = "Top-K pruning (SparsyFed's baseline): plain SGD, global magnitude pruning of the local model to S"
     Config = TopKPruneConfig
+    devices = ("cpu", "cuda")      # local_sgd on (a Powerprop copy of) the model, numpy pruning
 
     # what separates SparsyFed from its baseline
     def _alpha(self, cfg) -> float:
