@@ -347,7 +347,10 @@ class Simulation:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ConfigError(f"checkpoint format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
-        _check_resumable(state["config"], self.config.to_dict())
+        saved = copy.deepcopy(state["config"])
+        if isinstance(saved.get("sim"), dict):      # written before sim.device: on the cpu
+            saved["sim"].setdefault("device", "cpu")
+        _check_resumable(saved, self.config.to_dict())
         if len(state["client_generators"]) != len(self.clients):
             raise ConfigError("checkpoint has a different number of clients")
         self.rounds_done = int(state["rounds_done"])

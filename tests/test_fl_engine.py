@@ -309,3 +309,17 @@ def test_a_run_on_the_gpu_matches_the_cpu_run(algorithm):
         np.testing.assert_allclose(on_gpu.params[k], v, rtol=1e-3, atol=1e-4, err_msg=k)
     if algorithm == "fedavg":     # dense fp32 deltas: the same shapes, so the same bits
         assert on_gpu.ledger.total_bits(direction="up") == on_cpu.ledger.total_bits(direction="up")
+
+
+def test_a_checkpoint_from_before_sim_device_resumes_on_the_cpu(tmp_path):
+    config = tiny("ec", "rounds=2")
+    sim = Simulation(config)
+    sim.step()
+    state = sim.state_dict()
+    del state["config"]["sim"]["device"]               # as every checkpoint written before it
+    later = Simulation(config)
+    later.load_state_dict(state)
+    assert later.rounds_done == 1
+    state["config"]["sim"]["device"] = "cuda"          # a recorded device is compared as any key
+    with pytest.raises(ConfigError, match="sim.device: checkpoint 'cuda' vs now 'cpu'"):
+        Simulation(config).load_state_dict(state)
