@@ -428,7 +428,25 @@ def main(argv=None) -> None:
     lip = sub.add_parser("lipschitz")
     lip.add_argument("task", choices=sorted(TASKS))
     sub.add_parser("table")
+    from . import proxskip_grid as grid      # the issue-19 grid: benchmarks/proxskip_grid.py
+
+    g = sub.add_parser("grid", help="run the missing cells of the MNIST 99 % grid")
+    g.add_argument("--methods", nargs="+", default=list(grid.GRID), choices=list(grid.GRID))
+    g.add_argument("--seeds", nargs="+", type=int, default=list(grid.SEEDS))
+    g.add_argument("--rounds", type=int, default=grid.ROUNDS)
+    g.add_argument("--jobs", type=int, default=2)
+    gr = sub.add_parser("grid-run", help="one cell of the grid, in this process")
+    gr.add_argument("method", choices=list(grid.GRID))
+    gr.add_argument("--seed", type=int, default=0)
+    gr.add_argument("--rounds", type=int, default=grid.ROUNDS)
+    sub.add_parser("grid-table", help="the grid's table (markdown + json) and plots")
     args = parser.parse_args(argv)
+    if args.command == "grid":
+        return grid.cmd_grid(args.methods, args.seeds, args.rounds, args.jobs)
+    if args.command == "grid-run":
+        return grid.cmd_grid_run(args.method, args.seed, args.rounds)
+    if args.command == "grid-table":
+        return grid.cmd_grid_table()
     {"run": cmd_run, "lipschitz": cmd_lipschitz, "table": cmd_table}[args.command](args)
 
 

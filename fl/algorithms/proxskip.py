@@ -79,8 +79,13 @@ from .base import (Algorithm, ClientData, ClientResult, ServerResult, ServerStat
 
 __all__ = ["ProxSkip", "SparseProxSkip", "SparseProxSkipServer", "ProxSkipConfig",
            "SparseProxSkipConfig", "ServerPruningConfig", "ProxSkipClientState",
-           "ste_local_steps", "flatten", "unflatten", "topk_vector", "control_variate",
+           "ste_local_steps", "flatten", "unflatten", "topk_vector", "control_variate", "pending_h", "VARIANTS",
            "sum_h_metrics", "smoothness_constant"]
+
+
+#: The readings of Sparse-ProxSkip (docs/sparse_proxskip.md): what the client sends, where its
+#: next round starts and how h_i is updated. Each keeps sum_i h_i = 0 and is ProxSkip at density 1.
+VARIANTS = ("reset", "latent", "randprox")
 
 
 # -- configs -----------------------------------------------------------------------------------
@@ -134,10 +139,12 @@ class SparseProxSkipConfig(ProxSkipConfig):
     sparsity: float = 0.99
     local: bool = False
     control_variates: bool = True
+    variant: str = "randprox"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(0.0 <= self.sparsity < 1.0, f"sparsity must be in [0, 1), got {self.sparsity}")
+        _check(self.variant in VARIANTS, f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         self.codec()
 
     @property
@@ -200,15 +207,29 @@ def topk_vector(x: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def control_variate(h: np.ndarray, sent: np.ndarray | None, xbar: np.ndarray, ratio: np.float32) -> np.ndarray:
-    """The h-update after a communication: ``(p/gamma)(xbar - sent)`` (``h`` if nothing was sent).
+def control_variate(h: np.ndarray, sent: np.ndarray | None, xbar: np.ndarray, ratio: np.float32,
+                    variant: str = "reset") -> np.ndarray:
+    """The h-update after a communication (``h`` if nothing was sent).
 
-    ``sent`` is ``u_i`` (dense modes) or ``z_i`` (client pruning). The clients (lazily) and the
-    server (for its diagnostics) both call this, so they agree bit for bit.
+    ``"reset"`` / ``"latent"`` (and the dense modes): ``(p/gamma)(xbar - sent)``, ``sent`` being
+    ``u_i`` (dense) or ``z_i = TopK(u_i)``; ``"randprox"``: ``h + (p/gamma)(xbar - sent)`` with
+    ``sent = TopK(x_K)`` (docs/sparse_proxskip.md). The clients (lazily) and the server (for
+    its diagnostics) both call this, so they agree bit for bit.
     """
     if sent is None:
         return h
+    if variant == "randprox":
+        return h + ratio * (xbar - sent)
     return ratio * (xbar - sent)
+
+
+def pending_h(state: "ProxSkipClientState", xbar: np.ndarray, cfg) -> np.ndarray:
+    """The h_i a client holds once it has received ``xbar`` (its pending update applied exactly
+    as its next ``client_update`` does); 0 with ``control_variates = False``."""
+    if not getattr(cfg, "control_variates", True):
+        return np.zeros(xbar.size, np.float32)
+    h = state.h if state.h is not None else np.zeros(xbar.size, np.float32)
+    return control_variate(h, state.sent, xbar, np.float32(cfg.p / cfg.lr), getattr(cfg, "variant", "reset"))
 
 
 def _norm(v: np.ndarray) -> float:
@@ -305,11 +326,14 @@ def ste_local_steps(x0: np.ndarray, h: np.ndarray, data: ClientData, like: Mappi
 class ProxSkipClientState:
     """``h``: the control variate (flat float32, ``None`` = 0 before any communication);
     ``sent``: the last uplink vector as decoded (``u_i`` or ``z_i``), pending its h-update;
-    ``round``: the round it was sent in."""
+    ``round``: the round it was sent in; ``residual``: variant ``"latent"`` only, what the
+    client pruned from its last message, ``e_i = u_i - z_i``: its next round starts from
+    ``xbar + e_i`` (the dense latent kept across rounds)."""
 
     h: np.ndarray | None = None
     sent: np.ndarray | None = None
     round: int | None = None
+    residual: np.ndarray | None = None
 
 
 # -- the algorithms ------------------------------------------------------------------------------
@@ -344,26 +368,28 @@ class ProxSkip(Algorithm):
         if state.sent is not None and state.round != channel.round - 1:
             raise ValueError(f"client {data.client_id} sent last in round {state.round}, not "
                              f"{channel.round - 1}: ProxSkip needs full participation")
-        ratio = np.float32(cfg.p / cfg.lr)
-        if getattr(cfg, "control_variates", True):
-            h = control_variate(state.h if state.h is not None else np.zeros(d, np.float32),
-                                state.sent, xbar, ratio)
-        else:   # ablation: h_i = 0 throughout (FedAvg + client model pruning)
-            h = np.zeros(d, np.float32)
+        variant = getattr(cfg, "variant", "reset")
+        h = pending_h(state, xbar, cfg)    # control_variates=False: h_i = 0 (FedAvg + client TopK)
         k = self._k(cfg, d)
         local = bool(getattr(cfg, "local", False))
-        x0 = topk_vector(xbar, k) if local else xbar
+        x0 = xbar
+        if variant == "latent" and state.residual is not None:
+            x0 = xbar + state.residual      # the pruned part stays local (model error feedback)
+        if local:
+            x0 = topk_vector(x0, k)
         x, losses = ste_local_steps(x0, h, data, global_params, lr=cfg.lr, steps=cfg.local_steps,
                                     batch_size=cfg.batch_size, k=k, local=local, clip_norm=cfg.clip_norm)
-        u = x - np.float32(cfg.lr / cfg.p) * h
+        # randprox sends (TopK of) the iterate itself; the others ProxSkip's x_K - (gamma/p) h_i
+        u = x if variant == "randprox" else x - np.float32(cfg.lr / cfg.p) * h
         if self.mode == "client":
             message = channel.send(unflatten(u, global_params), cfg.codec(), scope="global")
         else:
             message = channel.send(unflatten(u, global_params), sc.Dense())
         sent = flatten(channel.decode_own(message))   # exactly what the server will average
+        residual = u - sent if variant == "latent" else None
         metrics = {"train_loss": float(np.mean(losses)) if losses else float("nan"),
                    "steps": len(losses)}
-        return ClientResult(ProxSkipClientState(h, sent, channel.round), message,
+        return ClientResult(ProxSkipClientState(h, sent, channel.round, residual), message,
                             data.num_samples, metrics)
 
     def server_update(self, state: ServerState, updates: Sequence[Update], cfg) -> ServerResult:
