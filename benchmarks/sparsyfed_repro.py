@@ -7,7 +7,15 @@
 
 Setups are the TOML files in ``benchmarks/configs/sparsyfed`` (``mnist_lda0.1``,
 ``mnist_lda1.0``, ``femnist_writers``, and ``mnist_lda0.1_flarecnn``: LDA 0.1 with the larger
-FLARE CNN). Methods: ``sparsyfed`` and ``topk-prune`` (S = 0.95 from the config), ``dense`` =
+FLARE CNN), and the paper's own scale, ResNet-18 on CIFAR (:data:`CIFAR_SETUPS`:
+``cifar10_lda0.1``, ``cifar10_lda1.0``, ``cifar100_lda0.1``, ``cifar100_lda1.0``; official
+hyperparameters, 700 rounds), which need the CIFAR python-pickle files (``--data-dir DIR``:
+``DIR/cifar-10-batches-py/``, ``DIR/cifar-100-python/``; nothing is downloaded) and a GPU to
+finish (``--device cuda``)::
+
+    python -m benchmarks.sparsyfed_repro run --setup cifar10_lda0.1 --method sparsyfed \
+        --device cuda --data-dir DIR [--rounds N]
+ Methods: ``sparsyfed`` and ``topk-prune`` (S = 0.95 from the config), ``dense`` =
 ``topk-prune`` with ``algo.sparsity = 0`` (the same training code without pruning, Dense
 messages: the code base's dense FedAvg baseline, 6(c)); the ablation ``sparsyfed-noact`` =
 ``sparsyfed`` with ``algo.prune_activations = false``; the sensitivity runs
@@ -15,7 +23,8 @@ messages: the code base's dense FedAvg baseline, 6(c)); the ablation ``sparsyfed
 ``algo.lr = X`` instead of the configs' 0.1.
 
 ``run`` is ``python -m fl run --config <setup>.toml --algorithm <alg> [--set ...] --out
-benchmarks/results/sparsyfed/<setup>_<method>`` plus bookkeeping: the exact commands and the
+benchmarks/results/sparsyfed/<setup>_<method>`` (``--device``, ``--data-dir`` and ``--set``
+are passed on; ``--out`` writes elsewhere) plus bookkeeping: the exact commands and the
 wall time go to ``command.json``; once the run is complete the checkpoint, ``model.sc`` and
 ``ledger.jsonl`` are deleted (not results; the ledger's totals are in ``summary.json`` and its
 per-round sums in ``metrics.jsonl``). ``report`` reads every run directory and writes
@@ -37,7 +46,8 @@ from benchmarks._runner import load_run, run_recorded
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = Path("benchmarks/configs/sparsyfed")
 RESULTS = Path("benchmarks/results/sparsyfed")
-SETUPS = ("mnist_lda0.1", "mnist_lda1.0", "femnist_writers", "mnist_lda0.1_flarecnn")
+CIFAR_SETUPS = ("cifar10_lda0.1", "cifar10_lda1.0", "cifar100_lda0.1", "cifar100_lda1.0")
+SETUPS = ("mnist_lda0.1", "mnist_lda1.0", "femnist_writers", "mnist_lda0.1_flarecnn") + CIFAR_SETUPS
 METHODS = {"sparsyfed": ("sparsyfed", []), "topk-prune": ("topk-prune", []),
            "dense": ("topk-prune", ["algo.sparsity=0.0"]),
            # ablation (not part of T8): Powerprop and pruning, no activation pruning
@@ -64,12 +74,19 @@ def run_dir(setup: str, method: str, seed: int | None = None) -> Path:
     return RESULTS / (f"{setup}_{method}" if seed is None else f"{setup}_{method}_seed{seed}")
 
 
-def fl_argv(setup: str, method: str, rounds: int | None, resume: bool, seed: int | None = None) -> list[str]:
-    alg, sets = METHODS[method]
+def fl_argv(setup: str, method: str, rounds: int | None, resume: bool, seed: int | None = None, *,
+            device: str | None = None, data_dir: str | None = None, sets: tuple[str, ...] = (),
+            out: Path | None = None) -> list[str]:
+    """The ``python -m fl`` arguments of one row; ``sets`` come after the method's own."""
+    alg, method_sets = METHODS[method]
     argv = ["run", "--config", str(CONFIGS / f"{setup}.toml"), "--algorithm", alg]
-    for s in sets:
+    for s in (*method_sets, *sets):
         argv += ["--set", s]
-    argv += ["--out", str(run_dir(setup, method, seed)), "--no-progress"]
+    argv += ["--out", str(out if out is not None else run_dir(setup, method, seed)), "--no-progress"]
+    if device is not None:
+        argv += ["--device", device]
+    if data_dir is not None:
+        argv += ["--data-dir", str(data_dir)]
     if rounds is not None:
         argv += ["--rounds", str(rounds)]
     if seed is not None:
@@ -80,19 +97,31 @@ def fl_argv(setup: str, method: str, rounds: int | None, resume: bool, seed: int
 
 
 def cmd_run(args) -> int:
+    # paths the user typed are relative to where they typed them; the runner works from the root
+    data_dir = None if args.data_dir is None else str(Path(args.data_dir).expanduser().resolve())
+    out = None if args.out is None else Path(args.out).expanduser().resolve()
     os.chdir(ROOT)
-    return run_recorded(fl_argv(args.setup, args.method, args.rounds, args.resume, args.seed),
-                        run_dir(args.setup, args.method, args.seed),
+    argv = fl_argv(args.setup, args.method, args.rounds, args.resume, args.seed, device=args.device,
+                   data_dir=data_dir, sets=tuple(args.sets), out=out)
+    return run_recorded(argv, out if out is not None else run_dir(args.setup, args.method, args.seed),
                         "python -m benchmarks.sparsyfed_repro " + " ".join(_argv(args)), resume=args.resume,
                         not_results=("checkpoint.ckpt", "model.sc", "ledger.jsonl"))
 
 
 def _argv(args) -> list[str]:
     out = ["run", "--setup", args.setup, "--method", args.method]
+    if args.device is not None:
+        out += ["--device", args.device]
     if args.rounds is not None:
         out += ["--rounds", str(args.rounds)]
     if args.seed is not None:
         out += ["--seed", str(args.seed)]
+    if args.data_dir is not None:
+        out += ["--data-dir", args.data_dir]
+    for s in args.sets:
+        out += ["--set", s]
+    if args.out is not None:
+        out += ["--out", args.out]
     if args.resume:
         out.append("--resume")
     return out
@@ -457,9 +486,15 @@ def main(argv=None) -> int:
     r = sub.add_parser("run", help="one (setup, method) row")
     r.add_argument("--setup", choices=SETUPS, required=True)
     r.add_argument("--method", choices=list(METHODS), required=True)
-    r.add_argument("--rounds", type=int, help="override the config's 100 rounds")
+    r.add_argument("--rounds", type=int, help="override the config's rounds (100 on MNIST, 700 on CIFAR)")
     r.add_argument("--seed", type=int, help="repeat the row with this master seed (partition, client sampling, "
                    "init and batches); written to <setup>_<method>_seed<N>; default: the config's seed 0")
+    r.add_argument("--device", help="torch device: cpu (the configs' default) or cuda / cuda:N")
+    r.add_argument("--data-dir", help="the directory holding the datasets (the CIFAR setups: "
+                   "DIR/cifar-10-batches-py/ or DIR/cifar-100-python/); else $FL_DATA_DIR")
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config override, after the method's (python -m fl run --set)")
+    r.add_argument("--out", help="run directory (default benchmarks/results/sparsyfed/<setup>_<method>)")
     r.add_argument("--resume", action="store_true")
     sub.add_parser("report", help="README.md, results.json and plots from the finished runs")
     args = p.parse_args(argv)
