@@ -41,11 +41,13 @@ from ._kernels import enumerative as _enum
 from ._kernels.enumerative import decode_enumerative_indices, encode_enumerative_indices
 from ._kernels.rangecoder import max_payload_bytes
 from .bounds import topk_index_bits
+from ._kernels import OK
 from .errors import ConfigError
+from .index_coders import Cost, IndexCoder, Support
 from .models import raise_for_status
 
 __all__ = ["encode_bitmap", "decode_bitmap", "bitmap_bits_estimate", "encode_gaps",
-           "decode_gaps", "gaps_bits_estimate", "MAX_NUMEL", "MAX_GAPS_NUMEL"]
+           "decode_gaps", "gaps_bits_estimate", "MAX_NUMEL", "MAX_GAPS_NUMEL", "BITMAP", "GAPS"]
 
 #: the enumerative q computes ones * 2**20 in 64 bits; numel stays far below that limit
 MAX_NUMEL = 1 << 42
@@ -175,3 +177,36 @@ def bitmap_bits_estimate(numel: int, k: int) -> float:
     if k == 0 or k == numel:
         return 0.0
     return topk_index_bits(numel, k) + _MEAN_OVERHEAD_BITS
+
+
+# -- the index-coder table's records (sizes are the O(1) mean estimates above) ------------------
+def _bitmap_decode(src: np.ndarray, numel: int, k: int, out: np.ndarray) -> int:
+    decode_bitmap(src, numel, k, out=out)  # raises a FrameError subclass for a bad payload
+    return OK
+
+
+def _gaps_decode(src: np.ndarray, numel: int, k: int, out: np.ndarray) -> int:
+    decode_gaps(src, numel, k, out=out)
+    return OK
+
+
+def _bitmap_encode(s: Support) -> bytes:
+    return encode_bitmap(s.idx, s.numel)
+
+
+def _gaps_encode(s: Support) -> bytes:
+    return encode_gaps(s.idx, s.numel)
+
+
+# costs in ns, measured at n = 1e7, k = 1e3..1e6 (benchmarks/indices_bench.py bench_index_costs):
+# the bitmap walks every position up to the last index, gaps codes ~log2(n/k) digits per index
+BITMAP = IndexCoder(
+    "bitmap", 3, encode=_bitmap_encode, decode=_bitmap_decode,
+    size=lambda s: bitmap_bits_estimate(s.numel, s.k), size_exact=False, max_numel=MAX_NUMEL,
+    encode_cost=Cost(20000, 10.0, 5.2), decode_cost=Cost(20000, 5.0, 5.3),
+    summary="arithmetic-coded bitmap under the exact enumerative model, O(numel)")
+GAPS = IndexCoder(
+    "gaps", 5, encode=_gaps_encode, decode=_gaps_decode,
+    size=lambda s: gaps_bits_estimate(s.numel, s.k), size_exact=False, max_numel=MAX_GAPS_NUMEL,
+    encode_cost=Cost(15000, 97.0), decode_cost=Cost(15000, 91.0),
+    summary="arithmetic-coded gap digits under a geometric model, O(k log(numel/k))")

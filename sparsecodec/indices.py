@@ -34,180 +34,42 @@ Example:
 from __future__ import annotations
 
 import math
-import operator
-from functools import lru_cache
+from typing import Iterable
 
 import numpy as np
 
 from ._kernels import (ERR_CORRUPT, ERR_ORDER, ERR_OVERFLOW, ERR_PADDING, ERR_RANGE,
                        ERR_TRUNCATED, OK)
-from ._kernels.bitio import PAD
-from ._kernels.eliasfano import ef_decode, ef_encode
-from ._kernels.golomb import golomb_decode, golomb_encode, golomb_scan
-from ._kernels.rawbits import raw_decode, raw_encode
+from ._kernels.golomb import golomb_scan
 from ._kernels.varint import gap_varints_encode
-from .bounds import topk_index_bits
 from .errors import ConfigError, CorruptFrameError, TruncatedFrameError
-from .zstd_index import ZSTD_LEVEL
-from .zstd_index import zstd_decode as _zstd_decode
-from .zstd_index import zstd_encode as _zstd_encode
-from .zstd_index import zstd_context as _zstd
+from .index_coders import (INDEX_CODERS, IndexCoder, Support, count, get_index_coder,
+                           register_index_coder, registered_index_coders, scan_support)
+from .index_params import eliasfano_low_bits, golomb_parameter, raw_width
+from .zstd_index import PROBE_LEVEL, ZSTD_LEVEL, zstd_compressor
+from . import entropy_index, index_basic, zstd_index
 
-__all__ = ["INDEX_CODERS", "DECODE_SPEED_ORDER", "FAST_CODERS", "NEAR_TIE", "NEAR_BOUND", "ZSTD_LEVEL", "encode_indices",
-           "decode_indices", "index_payload_bits", "choose_index_coder", "raw_width",
-           "golomb_parameter", "eliasfano_low_bits"]
+__all__ = ["INDEX_CODERS", "SIZE_TOLERANCE", "SIZE_TOLERANCE_BITS", "SPEEDUP", "ZSTD_LEVEL", "encode_indices",
+           "encode_indices_auto", "decode_indices", "index_payload_bits", "choose_index_coder",
+           "raw_width", "golomb_parameter", "eliasfano_low_bits", "register_index_coder",
+           "registered_index_coders", "get_index_coder", "IndexCoder"]
 
-INDEX_CODERS = {"raw": 0, "golomb": 1, "eliasfano": 2, "bitmap": 3, "zstd": 4, "gaps": 5}
-_NAME_OF_ID = {v: k for k, v in INDEX_CODERS.items()}
+# -- the built-in coders: a new coder is its module plus one line here ------------------------
+register_index_coder(index_basic.RAW)
+register_index_coder(index_basic.GOLOMB)
+register_index_coder(index_basic.ELIASFANO)
+register_index_coder(entropy_index.BITMAP)
+register_index_coder(zstd_index.ZSTD)
+register_index_coder(entropy_index.GAPS)
 
-#: Near-ties in :func:`choose_index_coder` go to the coder that comes first here: the order of
-#: decode speed measured by ``benchmarks.indices_bench.bench_index_decode``.
-DECODE_SPEED_ORDER = ("raw", "eliasfano", "zstd", "golomb", "gaps", "bitmap")
-#: Coders whose decode is a few ns per index; "gaps" (arithmetic-coded, ~20x slower per
-#: index) and "bitmap" (O(numel)) are used only where these are not already near the bound.
-FAST_CODERS = ("raw", "eliasfano", "zstd", "golomb")
-#: A fast coder within this fraction of log2 C(numel, k) is preferred to the slow ones.
-NEAR_BOUND = 0.005
-#: "gaps" (O(k)) is preferred to "bitmap" (O(numel)) unless bitmap saves more than this.
-SLOW_TIE_BITS = 16
-#: Candidates within this fraction of the smallest size count as tied.
-NEAR_TIE = 0.003
-_LOG_FRAC_BITS = 64
-
-
-# -- parameters derived from (numel, k) -------------------------------------------------------
-def raw_width(numel: int) -> int:
-    """Bits per index of the raw coder: ``max(1, (numel-1).bit_length())``.
-
-    >>> raw_width(1000), raw_width(1024), raw_width(1025)
-    (10, 10, 11)
-    """
-    return max(1, (int(numel) - 1).bit_length())
-
-
-def eliasfano_low_bits(numel: int, k: int) -> int:
-    """Elias-Fano's ``L = floor(log2(numel / k))`` in integer arithmetic (0 when k == 0).
-
-    >>> eliasfano_low_bits(10**7, 10**4), eliasfano_low_bits(1000, 1000)
-    (9, 0)
-    """
-    numel, k = int(numel), int(k)
-    if k <= 0:
-        return 0
-    # floor(log2(x)) == floor(log2(floor(x))) for real x >= 1
-    return max(0, (numel // k).bit_length() - 1)
-
-
-def _log2_ratio_fixed(a: int, b: int) -> int:
-    """``log2(a / b) * 2**64`` rounded down, for integers ``a >= b >= 1``, in integer arithmetic.
-
-    Integer-only so that encoder and decoder derive the same Golomb parameter on every
-    machine (libm ``log`` may differ in the last ulp between platforms).
-    """
-    frac = _LOG_FRAC_BITS
-    e = a.bit_length() - b.bit_length()  # >= 0 because a >= b
-    if a < (b << e):
-        e -= 1
-    # y = a / (b * 2**e) in [1, 2), as a fixed-point number with `frac` fractional bits
-    y = (a << frac) // (b << e)
-    result = e << frac
-    two = 2 << frac
-    for i in range(frac):  # one bit of the fraction per squaring
-        y = (y * y) >> frac
-        if y >= two:
-            y >>= 1
-            result |= 1 << (frac - 1 - i)
-    return result
-
-
-@lru_cache(maxsize=4096)
-def golomb_parameter(numel: int, k: int) -> tuple[int, int, int]:
-    """``(m, c, cutoff)``: the Golomb parameter for ``p = k/numel`` and its truncated-binary split.
-
-    ``m`` is Gallager and Van Voorhis' optimum for a geometric source with ``theta = 1 - p``,
-    the smallest m with ``theta**m + theta**(m+1) <= 1``, i.e.
-    ``m = ceil(log(1 + theta) / -log(theta))``, evaluated with the 64-bit fixed-point
-    logarithms of :func:`_log2_ratio_fixed`. ``c = ceil(log2 m)``, ``cutoff = 2**c - m``.
-
-    >>> golomb_parameter(10**7, 10**4)
-    (693, 10, 331)
-    >>> golomb_parameter(100, 100)
-    (1, 0, 0)
-    """
-    numel, k = int(numel), int(k)
-    if k <= 0 or k >= numel:
-        m = 1
-    else:
-        # log(1 + theta) = log2((2n - k) / n);  -log(theta) = log2(n / (n - k))
-        num = _log2_ratio_fixed(2 * numel - k, numel)
-        den = _log2_ratio_fixed(numel, numel - k)
-        m = max(1, -(-num // den))
-    c = (m - 1).bit_length()
-    return m, c, (1 << c) - m
-
-
-# -- input handling ----------------------------------------------------------------------------
-def _coder_name(coder, *, allow_id: bool) -> str:
-    if isinstance(coder, str):
-        if coder in INDEX_CODERS:
-            return coder
-        hint = " (call choose_index_coder() to resolve 'auto')" if coder == "auto" else ""
-        raise ConfigError(f"unknown index coder {coder!r}{hint}; expected one of {sorted(INDEX_CODERS)}")
-    if allow_id and isinstance(coder, (int, np.integer)) and not isinstance(coder, bool):
-        if int(coder) in _NAME_OF_ID:
-            return _NAME_OF_ID[int(coder)]
-        raise ConfigError(f"unknown index coder id {int(coder)}; expected one of {sorted(_NAME_OF_ID)}")
-    raise ConfigError(f"index coder must be a name{' or wire id' if allow_id else ''}, got {coder!r}")
-
-
-def _count(value, what: str) -> int:
-    try:
-        n = operator.index(value)
-    except TypeError:
-        raise ConfigError(f"{what} must be an integer, got {type(value).__name__}") from None
-    if n < 0:
-        raise ConfigError(f"{what} must be >= 0, got {n}")
-    return n
-
-
-def _support(idx, numel) -> tuple[np.ndarray, int]:
-    """The support as a contiguous int64 array (not yet validated) and numel as an int."""
-    numel = _count(numel, "numel")
-    arr = np.asarray(idx)
-    if arr.dtype != np.int64:
-        if arr.dtype.kind not in "iu" and not (arr.size == 0 and arr.dtype.kind == "f"):
-            raise ConfigError(f"indices must be an integer array, got dtype {arr.dtype}")
-        if arr.dtype == np.uint64 and arr.size and int(arr.max()) >= 2**63:
-            raise ConfigError(f"index {int(arr.max())} is out of range for numel={numel}")
-        arr = arr.astype(np.int64)
-    if arr.ndim != 1:
-        raise ConfigError(f"indices must be a 1-D array, got shape {arr.shape}")
-    return np.ascontiguousarray(arr), numel
-
-
-def _raise_bad_support(status: int, idx: np.ndarray, numel: int) -> None:
-    if status == ERR_RANGE:
-        bad = idx[(idx < 0) | (idx >= numel)]
-        raise ConfigError(f"index {int(bad[0])} is outside [0, numel={numel})")
-    if status == ERR_ORDER:
-        at = int(np.flatnonzero(np.diff(idx) <= 0)[0])
-        raise ConfigError(f"indices must be strictly increasing: idx[{at}]={int(idx[at])} is "
-                          f"followed by {int(idx[at + 1])}; sort and deduplicate them first")
-    raise AssertionError(f"unexpected support status {status}")
-
-
-def _scan(idx, numel) -> tuple[np.ndarray, int, tuple[int, int, int], int, int]:
-    """Validate a support in one kernel pass that also sizes its Golomb code.
-
-    Returns ``(idx, numel, (m, c, cutoff), Golomb codeword bits (before padding), equal
-    neighbouring gaps)``.
-    """
-    idx, numel = _support(idx, numel)
-    golomb = golomb_parameter(numel, idx.size)
-    status, nbits, repeats = golomb_scan(idx, numel, *golomb)
-    if status != OK:
-        _raise_bad_support(status, idx, numel)
-    return idx, numel, golomb, nbits, repeats
+#: In :func:`choose_index_coder`, a candidate within this fraction of the smallest candidate's
+#: bits, or within SIZE_TOLERANCE_BITS of them (the arithmetic coders enter with mean sizes
+#: 0.6 bit apart, a difference no payload shows: tiny k would otherwise go to O(numel) bitmap) ...
+SIZE_TOLERANCE = 0.01
+SIZE_TOLERANCE_BITS = 1
+#: ... that is at least this many times faster (encode + decode, from the table's measured
+#: costs) than the current pick takes its place.
+SPEEDUP = 3.0
 
 
 # -- public API --------------------------------------------------------------------------------
@@ -223,39 +85,26 @@ def encode_indices(idx: np.ndarray, numel: int, coder: str) -> bytes:
     >>> encode_indices(np.arange(5), 5, "golomb")              # k == numel: nothing to send
     b''
     """
-    name = _coder_name(coder, allow_id=False)
-    idx, numel, golomb, golomb_bits, _ = _scan(idx, numel)
-    k = idx.size
-    if k == 0 or k == numel:
+    record = get_index_coder(coder)
+    support = scan_support(idx, numel)
+    if support.k in (0, support.numel):
         return b""
-    if name == "zstd":
-        return _zstd_encode(idx, numel)
-    if name == "bitmap":
-        from .entropy_index import encode_bitmap  # noqa: PLC0415 (another module, loaded on use)
+    return record.encode(support)
 
-        return bytes(encode_bitmap(idx, numel))
-    if name == "gaps":
-        from .entropy_index import encode_gaps  # noqa: PLC0415
 
-        return bytes(encode_gaps(idx, numel))
-    if name == "golomb":
-        nbits = golomb_bits
-    elif name == "raw":
-        nbits = k * raw_width(numel)
-    else:
-        low_bits = eliasfano_low_bits(numel, k)
-        nbits = k * low_bits + (int(idx[-1]) >> low_bits) + k
-    nbytes = (nbits + 7) >> 3
-    out = np.zeros(nbytes + PAD, np.uint8)  # the writers store whole 8-byte words
-    if name == "golomb":
-        written = golomb_encode(idx, *golomb, out)
-    elif name == "raw":
-        written = raw_encode(idx, raw_width(numel), out)
-    else:
-        written = ef_encode(idx, low_bits, out)
-    if written != nbits:
-        raise AssertionError(f"{name} encoder wrote {written} bits, expected {nbits}")
-    return out[:nbytes].tobytes()
+def encode_indices_auto(idx: np.ndarray, numel: int, coders: Iterable[str] | None = None) -> tuple[str, bytes]:
+    """``(coder, payload)``: :func:`choose_index_coder` and :func:`encode_indices` in one
+    validation pass (and without encoding twice a coder the choice had to encode to size).
+
+    >>> coder, payload = encode_indices_auto(np.arange(0, 10_000, 10), 10_000)
+    >>> coder, len(payload), decode_indices(payload, 10_000, 1000, coder)[-3:].tolist()
+    ('zstd', 15, [9970, 9980, 9990])
+    """
+    support = scan_support(idx, numel)
+    if support.k in (0, support.numel):
+        return "raw", b""
+    record, payload = _choose(support, _candidates(coders))
+    return record.name, record.encode(support) if payload is None else payload
 
 
 _FAULTS = {
@@ -273,17 +122,6 @@ def _frame_error(status: int, name: str, nbytes: int, numel: int, k: int) -> Exc
     return cls(f"{name} index payload of {nbytes} bytes (numel={numel}, k={k}) " + what.format(k=k))
 
 
-def _min_payload_bits(name: str, numel: int, k: int) -> int:
-    """A lower bound on the payload bits of k indices (0 where there is none: zstd, bitmap)."""
-    if name == "raw":
-        return k * raw_width(numel)
-    if name == "golomb":  # a codeword has its stop bit and at least c - 1 remainder bits
-        return k * max(1, golomb_parameter(numel, k)[1])
-    if name == "eliasfano":  # L low bits and one upper one per index
-        return k * (eliasfano_low_bits(numel, k) + 1)
-    return 0
-
-
 def decode_indices(payload, numel: int, k: int, coder, out: np.ndarray | None = None) -> np.ndarray:
     """Decode a payload (untrusted bytes) into ``k`` strictly increasing int64 indices ``< numel``.
 
@@ -291,7 +129,7 @@ def decode_indices(payload, numel: int, k: int, coder, out: np.ndarray | None = 
     ends early and :class:`CorruptFrameError` for anything else wrong with it (out-of-range or
     unordered indices, malformed codewords, trailing bytes, non-zero padding); ConfigError
     when the *call* is wrong (k > numel, a bad ``out``). Work and memory are
-    O(k + len(payload)); the Python part is O(1).
+    O(k + len(payload)) (O(numel) for ``bitmap``); the Python part is O(1).
 
     >>> decode_indices(bytes.fromhex("2b00"), 8, 3, "raw").tolist()
     [1, 2, 6]
@@ -300,13 +138,14 @@ def decode_indices(payload, numel: int, k: int, coder, out: np.ndarray | None = 
     ...
     sparsecodec.errors.CorruptFrameError: raw index payload of 2 bytes (numel=8, k=3) has trailing bytes or non-zero padding bits after its 3 indices
     """
-    name = _coder_name(coder, allow_id=True)
+    record = get_index_coder(coder, allow_id=True)
+    name = record.name
     try:
         src = np.frombuffer(payload, np.uint8)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"payload must be a contiguous bytes-like object ({exc})") from None
-    numel = _count(numel, "numel")
-    k = _count(k, "k")
+    numel = count(numel, "numel")
+    k = count(k, "k")
     if k > numel or numel >= 1 << 63:
         raise ConfigError(f"need 0 <= k <= numel < 2**63, got k={k}, numel={numel}")
     if out is not None and (not isinstance(out, np.ndarray) or out.dtype != np.int64
@@ -322,31 +161,11 @@ def decode_indices(payload, numel: int, k: int, coder, out: np.ndarray | None = 
             return np.arange(k, dtype=np.int64)
         out[:] = np.arange(k, dtype=np.int64)
         return out
-    if 8 * nbytes < _min_payload_bits(name, numel, k):  # before anything of size k exists
+    if 8 * nbytes < record.min_payload_bits(numel, k):  # before anything of size k exists
         raise _frame_error(ERR_TRUNCATED, name, nbytes, numel, k)
     if out is None:
         out = np.empty(k, np.int64)
-    if name == "zstd":
-        status = _zstd_decode(src, numel, k, out)
-    elif name == "bitmap":
-        from .entropy_index import decode_bitmap  # noqa: PLC0415
-
-        return decode_bitmap(payload, numel, k, out=out)
-    elif name == "gaps":
-        from .entropy_index import decode_gaps  # noqa: PLC0415
-
-        return decode_gaps(payload, numel, k, out=out)
-    else:
-        # the bit readers want the payload followed by PAD zero bytes (see _kernels.bitio)
-        buf = np.zeros(nbytes + PAD, np.uint8)
-        buf[:nbytes] = src
-        if name == "golomb":
-            m, c, cutoff = golomb_parameter(numel, k)
-            status = golomb_decode(buf, nbytes, numel, k, m, c, cutoff, out)
-        elif name == "eliasfano":
-            status = ef_decode(buf, nbytes, numel, k, eliasfano_low_bits(numel, k), out)
-        else:
-            status = raw_decode(buf, nbytes, numel, k, raw_width(numel), out)
+    status = record.decode(src, numel, k, out)
     if status != OK:
         raise _frame_error(status, name, nbytes, numel, k)
     return out
@@ -356,43 +175,26 @@ def index_payload_bits(idx: np.ndarray, numel: int, coder: str) -> int:
     """Payload size in bits (a multiple of 8) without encoding, where that is cheap.
 
     Exact for ``raw`` and ``eliasfano`` (closed forms in numel, k and the last index) and for
-    ``golomb`` (one O(k) kernel pass). ``zstd`` is exact too but *encodes* (there is no
-    cheaper way to know what zstd will find). ``bitmap`` is an *estimate*: the mean size
-    ``bitmap_bits_estimate(numel, k)`` from :mod:`sparsecodec.entropy_index` rounded to whole
-    bytes (the real size varies by a few bits with the support). The input is validated like
-    :func:`encode_indices` does.
+    ``golomb`` (one O(k) kernel pass). The zstd coders are exact too but *encode* (there is
+    no cheaper way to know what zstd will find). ``bitmap`` and ``gaps`` are *estimates*: their
+    mean size (``log2 C(numel, k)`` + 4.6 and + 5.2 bits, :mod:`sparsecodec.entropy_index`)
+    rounded to whole bytes (the real size varies by a few bits with the support). Each
+    coder's record says which (``get_index_coder(name).size_exact``). The input is validated
+    like :func:`encode_indices` does.
 
     >>> idx = np.array([5, 9, 700, 40000, 90000])
     >>> [index_payload_bits(idx, 10**5, c) for c in ("raw", "golomb", "eliasfano")]
     [88, 80, 80]
     """
-    name = _coder_name(coder, allow_id=False)
-    idx, numel, _, golomb_bits, _ = _scan(idx, numel)
-    if idx.size in (0, numel):
+    record = get_index_coder(coder)
+    support = scan_support(idx, numel)
+    if support.k in (0, support.numel):
         return 0
-    if name == "golomb":
-        return 8 * ((golomb_bits + 7) >> 3)
-    if name == "zstd":
-        return 8 * len(_zstd_encode(idx, numel))
-    if name == "gaps":
-        from .entropy_index import gaps_bits_estimate  # noqa: PLC0415
-
-        return 8 * round(gaps_bits_estimate(numel, idx.size) / 8)
-    return _closed_form_bits(name, idx, numel)
+    bits = record.size(support)
+    return int(bits) if record.size_exact else 8 * round(bits / 8)
 
 
-def _closed_form_bits(name: str, idx: np.ndarray, numel: int) -> int:
-    k = idx.size
-    if name == "raw":
-        return 8 * ((k * raw_width(numel) + 7) >> 3)
-    if name == "eliasfano":
-        low_bits = eliasfano_low_bits(numel, k)
-        return 8 * ((k * low_bits + (int(idx[-1]) >> low_bits) + k + 7) >> 3)
-    from .entropy_index import bitmap_bits_estimate  # noqa: PLC0415
-
-    return 8 * round(bitmap_bits_estimate(numel, k) / 8)  # the estimate is a mean size
-
-
+# -- the automatic choice ----------------------------------------------------------------------
 def _looks_structured(repeats: int, k: int, numel: int) -> bool:
     """Whether consecutive equal gaps are far more frequent than in an iid support.
 
@@ -430,57 +232,84 @@ def _probe_is_structured(idx: np.ndarray, numel: int, golomb: tuple[int, int, in
     status, golomb_bits, _ = golomb_scan(head, numel, *golomb)
     if nbytes < 0 or status != OK:
         raise AssertionError("probe on a validated support failed")
-    return 8 * len(_zstd(probe=True).compress(raw[:nbytes])) < PROBE_GAIN * golomb_bits
+    return 8 * len(zstd_compressor(PROBE_LEVEL).compress(raw[:nbytes])) < PROBE_GAIN * golomb_bits
 
 
-def choose_index_coder(idx: np.ndarray, numel: int) -> str:
-    """The coder with the smallest payload for this support, found without encoding them all.
+def _candidates(coders: Iterable[str] | None) -> tuple[IndexCoder, ...]:
+    if coders is None:
+        return tuple(c for c in registered_index_coders() if c.auto != "never")
+    if isinstance(coders, str):
+        raise ConfigError(f"coders must be an iterable of coder names, got the string {coders!r}")
+    chosen = tuple(get_index_coder(name) for name in coders)
+    if not chosen:
+        raise ConfigError("coders must name at least one index coder")
+    return chosen
 
-    Sizes: ``raw`` and ``eliasfano`` in closed form, ``golomb`` from one kernel pass (which
-    also counts equal neighbouring gaps), ``bitmap`` from its O(1) estimate of the mean size
-    (``log2 C(numel, k) + 4.6`` bits; only for numel within its ``MAX_NUMEL``). ``zstd`` is
-    encoded once, and only when the gaps look structured: many equal neighbouring gaps
-    (:func:`_looks_structured`, free) or, failing that, a fixed-size zstd probe of the first
-    4096 gaps that beats Golomb clearly (:func:`_probe_is_structured`).
-    ``gaps`` and ``bitmap`` (arithmetic-coded, ~log2 C + 5 bits) come from O(1) estimates.
 
-    Rule, balancing size against decode speed:
+def _choose(s: Support, candidates: tuple[IndexCoder, ...]) -> tuple[IndexCoder, bytes | None]:
+    """The rule of :func:`choose_index_coder`; also the payload if sizing had to encode it."""
+    numel, k = s.numel, s.k
+    structured: bool | None = None
+    sizes: dict[str, float] = {}
+    payloads: dict[str, bytes] = {}
+    by_name = {}
+    for coder in candidates:
+        if numel > coder.max_numel:
+            continue
+        if coder.auto == "structured" or coder.size_encodes:
+            if structured is None:  # decided once, and only if some candidate needs it
+                structured = (_looks_structured(s.repeats, k, numel)
+                              or _probe_is_structured(s.idx, numel, s.golomb))
+            if not structured:
+                continue
+        if coder.size_encodes:
+            payloads[coder.name] = coder.encode(s)
+            sizes[coder.name] = 8 * len(payloads[coder.name])
+        else:
+            sizes[coder.name] = coder.size(s)
+        by_name[coder.name] = coder
+    if not sizes:
+        raise ConfigError(f"no candidate index coder handles numel={numel}: "
+                          f"{[c.name for c in candidates]}")
+    time = {name: coder.time_ns(numel, k) for name, coder in by_name.items()}
+    smallest = min(sizes.values())
+    within = max(smallest * (1.0 + SIZE_TOLERANCE), smallest + SIZE_TOLERANCE_BITS)
+    pick = min(sizes, key=lambda name: (sizes[name], time[name]))
+    while True:  # each step is >= SPEEDUP x faster, so this ends after a few steps
+        faster = [name for name in sizes if sizes[name] <= within and SPEEDUP * time[name] <= time[pick]]
+        if not faster:
+            return by_name[pick], payloads.get(pick)
+        pick = min(faster, key=lambda name: (sizes[name], time[name]))
 
-    1. the fast coders (raw, eliasfano, zstd, golomb; a few ns per index) win when the best
-       of them is within ``NEAR_TIE`` (0.3 %) of the smallest candidate or within
-       ``NEAR_BOUND`` (0.5 %) of ``log2 C(numel, k)``; among those within that limit the
-       fastest to decode (first in :data:`DECODE_SPEED_ORDER`) is chosen;
-    2. otherwise (small k, where Golomb's per-gap redundancy shows, or densities near 0.4
-       where it is ~3 % off) the arithmetic coders: ``gaps`` (O(k)) unless ``bitmap``
-       (O(numel)) saves more than ``SLOW_TIE_BITS``.
+
+def choose_index_coder(idx: np.ndarray, numel: int, coders: Iterable[str] | None = None) -> str:
+    """The coder for this support: the smallest, unless a much faster one is nearly as small.
+
+    Candidates: ``coders`` (names), by default every registered coder whose ``auto`` is not
+    ``"never"`` (all built-ins but ``zstd19``), skipping those whose ``max_numel`` is too small.
+    Sizes come from each record's ``size``: closed forms (``raw``, ``eliasfano``), the
+    validation scan (``golomb``), O(1) mean estimates (``bitmap``, ``gaps``); a coder whose size
+    needs an encode (zstd) is a candidate only when the support looks structured: many equal
+    neighbouring gaps (:func:`_looks_structured`, free) or, failing that, a fixed-size zstd
+    probe of the first 4096 gaps that beats Golomb clearly (:func:`_probe_is_structured`).
+
+    Rule: start from the smallest candidate (ties: the faster); while some candidate within
+    :data:`SIZE_TOLERANCE` (1 %) or :data:`SIZE_TOLERANCE_BITS` (1) of the smallest size is at least :data:`SPEEDUP` (3x) faster
+    to encode plus decode than the current pick (the records' measured costs), take the
+    smallest such one. At n = 1e7 and density 0.1 this is ``golomb`` (0.75 % over ``gaps``,
+    ~10x faster); at small k, where Golomb's per-gap redundancy shows, ``gaps``.
 
     With ``k == 0`` or ``k == numel`` every payload is empty and the answer is ``"raw"``.
+    :func:`encode_indices_auto` chooses and encodes in one validation pass.
 
     >>> rng = np.random.default_rng(0)
     >>> choose_index_coder(np.sort(rng.choice(10**6, 1000, replace=False)), 10**6)
     'golomb'
+    >>> dense = np.sort(rng.choice(10**6, 10**5, replace=False))   # gaps: 0.7 % smaller, 10x slower
+    >>> choose_index_coder(dense, 10**6), choose_index_coder(dense, 10**6, coders=["gaps", "raw"])
+    ('golomb', 'gaps')
     """
-    idx, numel, golomb, golomb_bits, repeats = _scan(idx, numel)
-    k = idx.size
-    if k == 0 or k == numel:
+    support = scan_support(idx, numel)
+    if support.k in (0, support.numel):
         return "raw"
-    sizes = {name: _closed_form_bits(name, idx, numel) for name in ("raw", "eliasfano")}
-    sizes["golomb"] = 8 * ((golomb_bits + 7) >> 3)
-    from . import entropy_index  # noqa: PLC0415 (another module, loaded on use)
-
-    if _looks_structured(repeats, k, numel) or _probe_is_structured(idx, numel, golomb):
-        sizes["zstd"] = 8 * len(_zstd_encode(idx, numel))
-    slow = {}
-    if numel <= entropy_index.MAX_NUMEL:  # the bitmap coder's own limit
-        slow["bitmap"] = 8 * round(entropy_index.bitmap_bits_estimate(numel, k) / 8)
-    if numel <= entropy_index.MAX_GAPS_NUMEL:   # payloads are whole bytes, like the others'
-        slow["gaps"] = 8 * round(entropy_index.gaps_bits_estimate(numel, k) / 8)
-    fast_best = min(sizes.values())
-    slow_best = min(slow.values(), default=float("inf"))
-    # the fast tier wins unless it is neither near the slow coders nor near the bound
-    if fast_best <= slow_best * (1.0 + NEAR_TIE) or fast_best <= topk_index_bits(numel, k) * (1.0 + NEAR_BOUND):
-        limit = fast_best * (1.0 + NEAR_TIE)
-        return next(name for name in FAST_CODERS if name in sizes and sizes[name] <= limit)
-    if "gaps" in slow and ("bitmap" not in slow or slow["gaps"] <= slow["bitmap"] + SLOW_TIE_BITS):
-        return "gaps"
-    return "bitmap"
+    return _choose(support, _candidates(coders))[0].name
