@@ -146,3 +146,35 @@ def test_quantized_values_in_bundles_and_compact_messages(coder):
     # q8 / sign cut the value section of the compact message
     fp32 = sc.encode_packed(tensors, sc.MessageSpec.from_tensors(tensors, sc.TopK(density=0.1)))
     assert msg.sections["values"] < fp32.sections["values"] / (3.5 if coder == "q8" else 20)
+
+
+@pytest.fixture
+def scratch_table():
+    saved = (dict(vc._TABLE), dict(vc._BY_ID), dict(vc.VALUE_CODERS))
+    yield
+    for live, old in zip((vc._TABLE, vc._BY_ID, vc.VALUE_CODERS), saved):
+        live.clear()
+        live.update(old)
+
+
+def test_a_new_value_coder_is_one_record_and_one_registration(scratch_table):
+    """A coder registered from outside works in TopK frames, bundles, compact messages and
+    inspect without any other edit: the seam issue 18 asks for."""
+    def enc(v, allow_nonfinite):
+        w = v.astype("<f4")[::-1]      # reversed fp32: a format no builtin writes
+        return w.tobytes(), v.astype(np.float32).astype(v.dtype)
+
+    def dec(data, k, dtype, allow_nonfinite):
+        return np.frombuffer(data, "<f4", count=k)[::-1].astype(dtype)
+
+    vc.register_value_coder(vc.ValueCoder("rev32", 7, lambda k: 4 * k, enc, dec, ef_exact=True))
+    x = np.random.default_rng(1).standard_normal(200).astype(np.float32)
+    codec = sc.TopK(k=9, values="rev32")
+    frame, x_hat = codec.encode_and_reconstruct(x)
+    assert np.array_equal(sc.decode(bytes(frame)), x_hat)
+    assert sc.inspect_frame(bytes(frame)).sections["values"] == 9 * 32
+    tensors = {"w": x.reshape(10, 20)}
+    spec = sc.MessageSpec.from_tensors(tensors, codec)
+    assert np.array_equal(sc.decode_packed(bytes(sc.encode_packed(tensors, spec)), spec)["w"].reshape(-1), x_hat)
+    with pytest.raises(ConfigError, match="wire ids are 0..7"):
+        vc.register_value_coder(vc.ValueCoder("x", 8, lambda k: k, enc, dec, ef_exact=True))
