@@ -6,6 +6,7 @@ round 100, each with ``values = "fp32" | "q8" | "sign"``, and tabulates what the
 off the bytes (the ledger's ``values`` sections of every uplink message)::
 
     python -m benchmarks.value_bits run ec-demo                  # 3 seeds x 3 coders (~3 min)
+    python -m benchmarks.value_bits run ec-demo-mlp              # the same on today's demo model
     python -m benchmarks.value_bits run flare-t2 --values q8     # one coder (~25 min here)
     python -m benchmarks.value_bits report                       # README.md + results.json
 
@@ -30,6 +31,10 @@ SETTINGS = {
     "ec-demo": {"argv": ["run", "--algorithm", "ec", "--setting", "demo", "--model", "small-cnn",
                          "--rounds", "20", "--set", "sim.clients_per_round=5"],
                 "section": "ec", "seeds": (0, 1, 2)},
+    # the same on today's demo setting (``make demo``: fedpm-mlp, 10 rounds, all 10 clients),
+    # whose larger tensors keep more values each
+    "ec-demo-mlp": {"argv": ["run", "--algorithm", "ec", "--setting", "demo"], "section": "ec",
+                    "seeds": (0, 1, 2)},
     "flare-t2": {"argv": ["run", "--algorithm", "flare", "--config", "benchmarks/configs/flare/cnn.toml",
                           "--rounds", "100", "--set", "sim.wire='compact'", "--set", "sim.downlink='patch'"],
                  "section": "flare", "seeds": (0,)},
