@@ -43,15 +43,15 @@ ROUNDS = 200
 SEEDS = (0, 1, 2)
 WIRE = ["sim.wire='compact'", "sim.downlink='patch'", "sim.checkpoint_every=0", "sim.eval_every=5"]
 #: method -> (registry algorithm, --set options), at SPARSITY
-GRID = {
+GRID = {   # in the order the grid runs them within a seed: the acceptance's three first
     "sparse-proxskip-randprox": ("sparse-proxskip", ["algo.sparse-proxskip.sparsity=0.99",
                                                      "algo.sparse-proxskip.variant='randprox'"]),
+    "server-pruning": ("sparse-proxskip-server", ["algo.sparse-proxskip-server.sparsity=0.99"]),
+    "fedavg-topk": ("fedavg-topk", ["algo.fedavg-topk.density=0.01"]),
     "sparse-proxskip-latent": ("sparse-proxskip", ["algo.sparse-proxskip.sparsity=0.99",
                                                    "algo.sparse-proxskip.variant='latent'"]),
     "sparse-proxskip-reset": ("sparse-proxskip", ["algo.sparse-proxskip.sparsity=0.99",
                                                   "algo.sparse-proxskip.variant='reset'"]),
-    "server-pruning": ("sparse-proxskip-server", ["algo.sparse-proxskip-server.sparsity=0.99"]),
-    "fedavg-topk": ("fedavg-topk", ["algo.fedavg-topk.density=0.01"]),
     "ec": ("ec", ["algo.ec.density=0.01"]),
     "proxskip": ("proxskip", []),
 }
@@ -69,6 +69,13 @@ def row_name(method: str, seed: int) -> str:
 def sets_for(method: str, seed: int, rounds: int) -> tuple[str, list[str]]:
     algo, sets = GRID[method]
     return algo, [*WIRE, *sets, f"seed={seed}", f"rounds={rounds}"]
+
+
+def _quote(arg: str) -> str:
+    """A shell word for ``arg``: TOML strings inside double quotes read better than shlex's."""
+    if "'" in arg and not any(c in arg for c in '"$`\\!'):
+        return f'"{arg}"'
+    return shlex.quote(arg)
 
 
 class GridProbe:
@@ -136,7 +143,7 @@ def cmd_grid_run(method: str, seed: int, rounds: int) -> None:
               "command": f"python -m benchmarks.proxskip_repro grid-run {method} --seed {seed} --rounds {rounds}",
               "equivalent_cli": (f"python -m fl run --algorithm {algo} --config "
                                  f"benchmarks/configs/proxskip/{CONFIG.name}"
-                                 + "".join(f" --set {shlex.quote(s)}" for s in sets)),
+                                 + "".join(f" --set {_quote(s)}" for s in sets)),
               "wall_seconds": wall, "machine": machine(), "summary": summary}
     (OUT / f"{name}.json").write_text(json.dumps(digest, indent=2) + "\n")
     print(f"{name}: sparse-model accuracy {summary['sparse_model_accuracy']:.4f}, "
@@ -165,3 +172,205 @@ def cmd_grid(methods: list[str], seeds: list[int], rounds: int, jobs: int) -> No
             if proc.poll() is not None:
                 running.remove((proc, name))
                 print(f"{time.strftime('%H:%M:%S')} {name} exited {proc.returncode}", flush=True)
+
+
+# -- the table -----------------------------------------------------------------------------------
+ORDER = ("sparse-proxskip-randprox", "sparse-proxskip-latent", "sparse-proxskip-reset", "server-pruning",
+         "fedavg-topk", "ec", "proxskip")       # the table's and the plots' order
+SPARSE_UPLINK = ("sparse-proxskip-randprox", "sparse-proxskip-latent", "sparse-proxskip-reset", "fedavg-topk", "ec")
+DEFAULT = "sparse-proxskip-randprox"
+
+
+def load_grid() -> dict[str, dict[int, dict]]:
+    """``{method: {seed: row}}`` with each row's metrics lines."""
+    out: dict[str, dict[int, dict]] = {}
+    for path in sorted(OUT.glob("*.json")):
+        if path.name == "table.json":
+            continue
+        d = json.loads(path.read_text())
+        d["metrics"] = [json.loads(x) for x in (OUT / f"{d['row']}.metrics.jsonl").read_text().splitlines() if x]
+        out.setdefault(d["method"], {})[d["seed"]] = d
+    return out
+
+
+def _at_bits(d: dict, budget: float) -> float | None:
+    """The delivered k-sparse model's accuracy at the last evaluation within ``budget`` uplink bits."""
+    best = None
+    for m in d["metrics"]:
+        if m.get("sparse_model_accuracy") is not None and m["cum_uplink_bits"] <= budget:
+            best = m["sparse_model_accuracy"]
+    return best
+
+
+def _stats(values: list) -> dict | None:
+    import numpy as np
+
+    v = [x for x in values if x is not None]
+    if not v:
+        return None
+    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+            "min": float(min(v)), "max": float(max(v)), "n": len(v), "values": v}
+
+
+def _cell(st: dict | None, spec: str = ".4f") -> str:
+    if st is None:
+        return "-"
+    if st["n"] == 1:
+        return format(st["mean"], spec)
+    return f"{st['mean']:{spec}} ± {st['std']:{spec}} ({st['min']:{spec}}–{st['max']:{spec}})"
+
+
+def grid_numbers(grid: dict) -> dict:
+    """Per method: the per-seed figures and their statistics (what the table and json show)."""
+    import numpy as np
+
+    seeds = sorted({s for rows in grid.values() for s in rows})
+    budgets = {}
+    for s in seeds:
+        ups = [grid[m][s]["summary"]["uplink_bits"] for m in SPARSE_UPLINK if m in grid and s in grid[m]]
+        if ups:
+            budgets[s] = min(ups)
+    out = {"budgets": budgets, "methods": {}}
+    for m in ORDER:
+        rows = grid.get(m, {})
+        if not rows:
+            continue
+        per = {}
+        for s, d in sorted(rows.items()):
+            ms, sm = d["metrics"], d["summary"]
+            client_rounds = sm["clients"] * sm["rounds"]
+            late = [x["support_change"] for x in ms if x.get("support_change") is not None and x["round"] > sm["rounds"] / 2]
+            rel = [x["client_sum_h_rel"] for x in ms if x.get("client_sum_h_rel") is not None]
+            per[s] = {"rounds": sm["rounds"], "sparse_model_accuracy": sm["sparse_model_accuracy"],
+                      "global_accuracy": sm["global_accuracy"],
+                      "best_sparse_model_accuracy": max(x["sparse_model_accuracy"] for x in ms
+                                                        if x.get("sparse_model_accuracy") is not None),
+                      "at_equal_uplink_bits": _at_bits(d, budgets[s]) if s in budgets else None,
+                      "uplink_bits_per_client_round": sm["uplink_bits"] / client_rounds,
+                      "downlink_bits_per_client_round": sm["downlink_bits"] / client_rounds,
+                      "total_uplink_bits": sm["uplink_bits"], "total_downlink_bits": sm["downlink_bits"],
+                      "support_change_late": float(np.mean(late)) if late else None,
+                      "final_global_nnz": ms[-1].get("global_nnz"),
+                      "max_sum_h_rel": max(rel) if rel else None, "wall_seconds": d["wall_seconds"],
+                      "command": d["command"], "equivalent_cli": d["equivalent_cli"]}
+        keys = [k for k in next(iter(per.values())) if k not in ("command", "equivalent_cli", "rounds")]
+        out["methods"][m] = {"seeds": per, **{k: _stats([p[k] for p in per.values()]) for k in keys}}
+    return out
+
+
+def acceptance_lines(num: dict) -> list[str]:
+    """The issue's acceptance: the default's delivered k-sparse model against server pruning
+    and FedAvg + TopK cut to k, beyond the 3-seed spread (the larger of the two ranges)."""
+    out = []
+    meth = num["methods"]
+    a = meth.get(DEFAULT)
+    if a is None:
+        return out
+    for base in ("server-pruning", "fedavg-topk", "ec", "sparse-proxskip-reset"):
+        b = meth.get(base)
+        if b is None:
+            continue
+        for key, what in (("sparse_model_accuracy", "final"), ("at_equal_uplink_bits", "at equal uplink bits")):
+            x, y = a[key], b[key]
+            if x is None or y is None:
+                continue
+            diff = 100 * (x["mean"] - y["mean"])
+            spread = 100 * max(x["max"] - x["min"], y["max"] - y["min"])
+            verdict = "yes" if diff > spread and x["min"] > y["max"] else "no"
+            out.append(f"* {LABELS[DEFAULT]} vs {LABELS[base]} ({what}, delivered k-sparse model): "
+                       f"{x['mean']:.4f} vs {y['mean']:.4f}, {diff:+.1f} points; 3-seed spread "
+                       f"{spread:.1f} points; beats it by more than the spread (and every seed above "
+                       f"every seed): **{verdict}**.")
+    return out
+
+
+def cmd_grid_table() -> None:
+    grid = load_grid()
+    if not grid:
+        raise SystemExit(f"no grid rows in {OUT}; run `python -m benchmarks.proxskip_repro grid` first")
+    num = grid_numbers(grid)
+    (OUT / "table.json").write_text(json.dumps(num, indent=2) + "\n")
+    rounds = sorted({p["rounds"] for m in num["methods"].values() for p in m["seeds"].values()})
+    head = ["method", "seeds", f"delivered k-sparse model accuracy, round {'/'.join(map(str, rounds))}",
+            "same at equal uplink bits", "best (any eval round)", "global model as is",
+            "uplink bits/client/round", "downlink bits/client/round", "support change (2nd half, mean)",
+            "global nnz (final)", "max |Σh|/Σ|h|", "wall (mean)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m, st in num["methods"].items():
+        lines.append("| " + " | ".join([
+            LABELS[m], str(len(st["seeds"])), _cell(st["sparse_model_accuracy"]), _cell(st["at_equal_uplink_bits"]),
+            _cell(st["best_sparse_model_accuracy"]), _cell(st["global_accuracy"]),
+            f"{st['uplink_bits_per_client_round']['mean']:,.0f}", f"{st['downlink_bits_per_client_round']['mean']:,.0f}",
+            _cell(st["support_change_late"], ".3f"), _cell(st["final_global_nnz"], ".0f"),
+            "-" if st["max_sum_h_rel"] is None else f"{st['max_sum_h_rel']['max']:.1e}",
+            f"{st['wall_seconds']['mean'] / 60:.1f} min"]) + " |")
+    budget = ", ".join(f"seed {s}: {b:,.0f}" for s, b in num["budgets"].items())
+    text = ["## MNIST logistic regression, 99 % sparsity (k = 78 of d = 7,850): the readings and the baselines",
+            "", "Generated by `python -m benchmarks.proxskip_repro grid-table` from `mnist_grid/*.json`.",
+            "Cells: mean ± sample std (min–max) over the seeds. *Delivered k-sparse model*: the global",
+            "model cut to its k largest magnitudes (for the three readings that is what they deliver;",
+            "the baselines are cut the same way). *Equal uplink bits*: the last evaluation within the",
+            f"smallest total uplink of the k-sparse-uplink methods ({budget} bits, all clients);",
+            "the dense-uplink methods (server pruning, ProxSkip) get only a few rounds in that budget.",
+            "*Support change*: the fraction of TopK_k(global)'s support that is new since the previous round.",
+            "*max |Σh|/Σ|h|*: the clients' actual control variates, worst round of any seed.", "",
+            *lines, "", "### Acceptance (issue 19, MNIST 99 %)", "", *acceptance_lines(num), "",
+            "Commands (one per cell; `=` the same run through `python -m fl run`):", ""]
+    for m, st in num["methods"].items():
+        for s, p in st["seeds"].items():
+            text.append(f"* `{p['command']}`  \n  = `{p['equivalent_cli']}`")
+    paths = grid_plots(grid)
+    text += ["", *(f"![{p.stem}](mnist_grid/{p.name})" for p in paths), ""]
+    (OUT / "TABLE.md").write_text("\n".join(text) + "\n")
+    print(f"wrote {OUT / 'TABLE.md'}, {OUT / 'table.json'} and {len(paths)} plot(s)")
+
+
+def grid_plots(grid: dict) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    written = []
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for m in ORDER:
+        rows = list(grid.get(m, {}).values())
+        if not rows:
+            continue
+        ev = [[x for x in d["metrics"] if x.get("sparse_model_accuracy") is not None] for d in rows]
+        n = min(len(e) for e in ev)
+        bits = np.mean([[x["cum_uplink_bits"] for x in e[:n]] for e in ev], axis=0)
+        acc = np.array([[x["sparse_model_accuracy"] for x in e[:n]] for e in ev])
+        line, = ax.plot(bits, acc.mean(0), label=f"{LABELS[m]} ({len(rows)} seeds)")
+        ax.fill_between(bits, acc.min(0), acc.max(0), color=line.get_color(), alpha=0.15)
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative uplink bits (all clients, ledger)")
+    ax.set_ylabel("accuracy of the delivered k-sparse model")
+    ax.set_title("MNIST logistic regression, 99 % sparsity: mean and min-max over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    written.append(OUT / "accuracy_vs_uplink_bits.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for m in ORDER:
+        rows = list(grid.get(m, {}).values())
+        if not rows:
+            continue
+        series = [[x["support_change"] for x in d["metrics"] if x.get("support_change") is not None] for d in rows]
+        n = min(len(s) for s in series)
+        mean = np.mean([s[:n] for s in series], axis=0)
+        ax.plot(np.arange(2, n + 2), np.maximum(mean, 1e-3), label=LABELS[m], lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("round")
+    ax.set_ylabel("fraction of the k-support new since the previous round (0 drawn at 1e-3)")
+    ax.set_title("MNIST 99 %: support change of TopK_k(global) per round (mean over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    written.append(OUT / "support_change_per_round.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    return written

@@ -61,7 +61,7 @@ def test_sum_of_control_variates_is_zero_after_every_communication(variant, loca
         scale = float(ratio) * np.linalg.norm(np.sum([st.sent.astype(np.float64) for st in states], axis=0))
         h_norms = sum(np.linalg.norm(h) for h in hs)
         assert h_norms > 1.0, "the control variates are not trivially zero"
-        # float32 rounding only (measured: <= 3e-8 relative over these 6 rounds for every variant)
+        # float32 rounding only (measured: <= 8e-8 relative over these 6 rounds, every variant)
         assert np.linalg.norm(total) <= 1e-6 * scale
         assert np.linalg.norm(total) <= 1e-6 * h_norms
         # the server's diagnostic: sum_i (p/gamma)(xbar - sent_i), computed from what it received;
@@ -123,7 +123,7 @@ def test_randprox_at_sparsity_zero_is_proxskip_up_to_rounding():
     for _ in range(5):
         dense.step(), sparse.step(), pruned.step()
         a, b = flatten(dense.server.params), flatten(sparse.server.params)
-        # measured: <= 2e-7 relative after 5 rounds (float32 rounding of two summation orders)
+        # measured: <= 1.7e-7 relative after 5 rounds (float32 rounding of two summation orders)
         assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(a)
         # the tolerance tells the reading apart from one that prunes at all
         assert np.linalg.norm(a - flatten(pruned.server.params)) > 1e-2 * np.linalg.norm(a)
@@ -131,7 +131,7 @@ def test_randprox_at_sparsity_zero_is_proxskip_up_to_rounding():
     for cid in dense.client_states:
         hd, hs = pending_h(dense.client_states[cid], xbar, dense.cfg), pending_h(sparse.client_states[cid], xbar, sparse.cfg)
         assert np.linalg.norm(hd) > 1.0
-        assert np.linalg.norm(hd - hs) <= 1e-4 * np.linalg.norm(hd)
+        assert np.linalg.norm(hd - hs) <= 1e-5 * np.linalg.norm(hd)        # measured: <= 6.4e-7
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -1,8 +1,8 @@
-"""ProxSkip / Scaffnew and Sparse-ProxSkip (ALGORITHMS.md 2.5 and 3), with the zero-sum invariant.
+"""ProxSkip / Scaffnew and Sparse-ProxSkip, with the zero-sum invariant (docs/sparse_proxskip.md).
 
 Three algorithms share one module (one state machine, three pruning modes):
 
-* ``proxskip`` (2.5, the dense baseline). Client ``i`` keeps a control variate ``h_i``
+* ``proxskip`` (Mishchenko et al., ICML 2022; the dense baseline). Client ``i`` keeps a control variate ``h_i``
   (dense, ``sum_i h_i = 0``, start 0). From the received global model ``x = xbar``::
 
       K = 1/p times:   x <- x - gamma (g_i(x) - h_i)           g_i: minibatch gradient
@@ -10,24 +10,38 @@ Three algorithms share one module (one state machine, three pruning modes):
       server:  xbar = (1/n) sum_j u_j                            downlink, dense fp32
       client, on receiving xbar:  h_i <- (p/gamma)(xbar - u_i)
 
-  The last line is 2.5's ``h_i <- h_i + (p/gamma)(xbar - x_i)`` rewritten with ``u_i`` (the
+  The last line is ProxSkip's ``h_i <- h_i + (p/gamma)(xbar - x_i)`` rewritten with ``u_i`` (the
   same value in exact arithmetic); it is written this way so that the sparse variant below
   runs the *same float operations* and reduces to this one bit for bit at sparsity 0.
 
-* ``sparse-proxskip`` (3(a), client pruning, [recon]). ``k = round((1 - sparsity) d)``,
-  ``TopK`` global over the whole model vector (0.3)::
+* ``sparse-proxskip`` (client pruning, STE; the paper's equations are not public, so this is a
+  reading; ``algo.variant`` picks one of three, derived in docs/sparse_proxskip.md).
+  ``k = round((1 - sparsity) d)``, ``TopK`` global over the whole model vector::
 
       K = 1/p times:   g = grad f_i(TopK(x))                     Straight-Through Estimator:
                        (optional: g <- g min(1, clip/|g|))       gradient at the pruned model,
                        x <- x - gamma (g - h_i)                  step on the dense latent
                        (local=True: x <- TopK(x))                Sparse-ProxSkip-Local
-      z_i = TopK(x - (gamma/p) h_i)                              uplink: a k-sparse TopK frame
       server:  xbar = (1/n) sum_j z_j                            downlink: up to n k non-zeros,
                                                                  TopK(k="nnz"), exact
-      client, on receiving xbar:  h_i <- (p/gamma)(xbar - z_i)   so sum_i h_i = (p/gamma)(n xbar - sum z) = 0
-      next round starts from x = xbar (local=True: x = TopK(xbar); h still uses xbar)
+      "randprox" (default):  z_i = TopK(x)                       h_i <- h_i + (p/gamma)(xbar - z_i)
+      "reset":               z_i = TopK(x - (gamma/p) h_i)       h_i <- (p/gamma)(xbar - z_i)
+      "latent":              as "reset", and the next round starts from xbar + e_i,
+                             e_i = (x - (gamma/p) h_i) - z_i     (the pruned part stays local)
+      next round from x = xbar (local=True: TopK of the start point; h still uses xbar)
 
-* ``sparse-proxskip-server`` (3(a), the failing variant): clients run dense ProxSkip and send
+  Each keeps ``sum_i h_i = 0``: ``sum_i (xbar - z_i) = 0`` because xbar is the mean of the
+  z_i, so the reset sum is 0 every round and the randprox sum never changes from its start
+  at 0. Each is ProxSkip at sparsity 0: reset and latent bit for bit (e_i = 0), randprox in
+  exact arithmetic (``mean x = mean u`` since ``sum h = 0``), to float32 rounding here.
+  **Default ``"randprox"``** (RandProx-style: h accumulates its correction, so it carries
+  information across rounds; its fixed points are consensus k-sparse models; and it gives
+  the best delivered k-sparse model of the three on the MNIST 99 % grid,
+  benchmarks/results/proxskip/mnist_grid/TABLE.md). ``"reset"`` is the first
+  reconstruction (it rebuilds h from one round, which vanishes off the support, and its
+  support freezes at 99 %).
+
+* ``sparse-proxskip-server`` (the failing variant the Sparse-ProxSkip paper warns about): clients run dense ProxSkip and send
   ``u_i`` dense; the server prunes, ``xbar = TopK((1/n) sum_j u_j)``, and the clients apply
   ProxSkip's ``h_i <- (p/gamma)(xbar - u_i)``. Then ``sum_i h_i = (p/gamma) n (TopK(ubar) - ubar)``,
   non-zero after every communication.
@@ -36,18 +50,20 @@ The h-update needs ``xbar``, which a client only learns from the next downlink, 
 applied lazily at the start of the next ``client_update`` from the uplink vector the client
 kept (``sent``, decoded from its own frame: exactly what the server averaged). The server
 holds ``xbar`` and every decoded ``u_i`` / ``z_i``, so it computes every client's new ``h_i``
-with the same float32 operations and reports ``sum_h_norm = |sum_i h_i|`` and its relative
-sizes (:func:`sum_h_metrics`) as server metrics each round.
+with the same float32 operations and reports ``sum_h_norm = |sum_i (p/gamma)(xbar - z_i)|``
+and its relative sizes (:func:`sum_h_metrics`) as server metrics each round: ``sum_i h_i``
+itself for ``reset`` / ``latent`` / server pruning, its round increment for ``randprox``
+(whose h accumulates); :func:`pending_h` gives each client's actual ``h_i``.
 
-Evaluation (``evaluate``): the global model the method *delivers*: ``TopK(xbar)`` for the two
-client-pruning variants (``xbar`` itself has up to n k non-zeros), ``xbar`` for the others
+Evaluation (``evaluate``): the global model the method *delivers*: ``TopK(xbar)`` under
+client pruning (``xbar`` itself has up to n k non-zeros), ``xbar`` for the others
 (already k-sparse under server pruning); ``dense_accuracy`` / ``dense_test_loss`` are ``xbar``.
 
 Deviations and choices (named here and in the results):
 
-* deterministic ``K = 1/p`` local steps (3(a), [abstract]), not ProxSkip's random coin;
-* the h-update form above (3(a) [recon]; the issue's must-have is the zero-sum invariant);
-* full participation only (3(a)): a client that missed a round cannot know the ``xbar`` its
+* deterministic ``K = 1/p`` local steps (as the Sparse-ProxSkip paper), not ProxSkip's random coin;
+* the h-update forms above (readings; the must-have is the zero-sum invariant);
+* full participation only (as the paper): a client that missed a round cannot know the ``xbar`` its
   pending h-update needs, so it raises and is dropped (the invariant then no longer holds);
 * ``batch_size = 0`` means full-batch local gradients (deterministic GD steps), minibatches
   are drawn without replacement from the client's torch generator otherwise;
@@ -91,14 +107,14 @@ VARIANTS = ("reset", "latent", "randprox")
 # -- configs -----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ProxSkipConfig:
-    """ProxSkip hyperparameters (3(b)).
+    """ProxSkip hyperparameters.
 
     ``lr`` is the client step gamma: theory takes ``1/L``, which depends on the data (the
     benchmark configs give the value and how it was computed); the default is that of T4
     (FEMNIST logistic regression, L = 0.5 max_i lambda_max(X_i^T X_i / n_i) = 13.53).
     ``p`` is the communication probability; ``K = 1/p`` local steps (so ``1/p`` must be an
     integer). ``batch_size = 0``: full local batch. ``clip_norm``: clip each local gradient
-    to this Euclidean norm (3(a): deep nets need it; off for the convex problems).
+    to this Euclidean norm (the paper's deep nets need it; off for the convex problems).
     ``values`` / ``index``: the uplink TopK frame's value and index coders.
     """
 
@@ -127,13 +143,15 @@ class ProxSkipConfig:
 class SparseProxSkipConfig(ProxSkipConfig):
     """Sparse-ProxSkip: ``sparsity`` s keeps ``k = round((1 - s) d)`` entries of the whole
     model (99 % is the paper's FEMNIST setting); ``local=True`` is Sparse-ProxSkip-Local
-    (the local iterate is pruned after every step, 3(a) [recon]).
+    (the local iterate is pruned after every step; a reading).
+    ``variant``: ``"randprox"`` (default), ``"reset"`` or ``"latent"`` (module docstring,
+    docs/sparse_proxskip.md).
 
     ``control_variates=False`` is an ablation, not Sparse-ProxSkip: ``h_i`` stays 0, so each
     round is K = 1/p STE gradient steps from ``xbar`` and the uplink ``TopK(x_K)``, i.e.
     FedAvg with client-side pruning of the local *model* (the "FedAvg-style sparse training"
-    the paper's reviewers name as a baseline). It isolates what the control variates add:
-    with them, ``x_K - (gamma/p) h_i = xbar - gamma sum_t g_t`` exactly when K = 1/p, so h_i
+    the paper's reviewers name as a baseline; ``reset`` and ``randprox`` then coincide). It
+    isolates what the control variates add: with them (``reset``, ``latent``), ``x_K - (gamma/p) h_i = xbar - gamma sum_t g_t`` exactly when K = 1/p, so h_i
     enters the uplink only through the points ``TopK(x_t)`` where the gradients are taken."""
 
     sparsity: float = 0.99
@@ -240,8 +258,9 @@ def _norm(v: np.ndarray) -> float:
 def sum_h_metrics(sent: Sequence[np.ndarray], xbar: np.ndarray, ratio: np.float32) -> dict[str, float]:
     """The zero-sum diagnostics of the control variates after one communication.
 
-    Every ``h_i = control_variate(., sent_i, xbar, ratio)`` as the clients compute it (float32),
-    summed in float64. ``sum_h_rel = |sum_i h_i| / (ratio |sum_i sent_i|)``: relative to the
+    Every ``(p/gamma)(xbar - sent_i)`` as the clients compute it (float32), summed in float64:
+    the clients' new ``h_i`` under ``reset`` / ``latent`` / server pruning, the increment of
+    their ``h_i`` under ``randprox`` (so these sums are of the increments there). ``sum_h_rel = |sum_i h_i| / (ratio |sum_i sent_i|)``: relative to the
     terms that cancel (``ratio n xbar`` against ``ratio sum_i sent_i``), so that float32
     rounding of the mean ``xbar`` bounds it by about 2^-24 whatever the iterates do; under
     server pruning it is ``|TopK(ubar) - ubar| / |ubar|``. ``sum_h_rel_h = |sum_i h_i| /
@@ -431,7 +450,7 @@ class SparseProxSkipServer(ProxSkip):
 
 # -- step size -----------------------------------------------------------------------------------
 def smoothness_constant(parts: Sequence[np.ndarray], task: str) -> float:
-    """``L = max_i L_i`` for the engine's losses on the convex models (the gamma = 1/L of 3(b)).
+    """``L = max_i L_i`` for the engine's losses on the convex models (ProxSkip's gamma = 1/L).
 
     ``parts[i]`` is client i's feature matrix (``(n_i, ...)``, flattened here) and a
     constant 1 column is appended for the bias. With ``lam_i = lambda_max(X_i^T X_i / n_i)``:
