@@ -17,7 +17,7 @@ Exact under error feedback: for ``q_i = 0`` the residual is ``v_i`` itself; for 
 bit for bit (tested with hypothesis in ``tests/test_value_coders.py``).
 
 A top-k message's value bits fall from ``32 k`` to ``8 k + 32``: ``>= 3.5x`` once a tensor
-keeps ``k >= 17`` values. The worst-case error per kept value is ``max |v| / 254``; error
+keeps ``k >= 28`` values. The worst-case error per kept value is ``max |v| / 254``; error
 feedback carries it to the next round.
 
 Example:

@@ -16,8 +16,8 @@ Error feedback is *not* exact here: ``v_hat = ±s`` can be far from ``v``, so th
 per kept float32 entry (``2**-53`` for float64); elsewhere it is exact (tested in
 ``tests/test_value_coders.py``).
 
-A top-k message's value bits fall from ``32 k`` to ``8 ceil(k / 8) + 32``: ``>= 20x`` once a
-tensor keeps ``k >= 34`` values.
+A top-k message's value bits fall from ``32 k`` to ``8 ceil(k / 8) + 32``: ``>= 20x`` for
+every tensor keeping ``k >= 65`` values; the per-tensor scale dominates below that.
 
 Example:
     >>> import numpy as np, sparsecodec as sc
