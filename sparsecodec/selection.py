@@ -14,12 +14,15 @@ sign or payload) ranks above them, and ties among them again go to the lower ind
 
 How it is fast (the kernels live in :mod:`sparsecodec._kernels.select`): magnitudes are
 compared as unsigned integers (the float bits with the sign cleared), which is exact and
-needs no ``np.abs`` copy. A threshold a little below the k-th largest magnitude is
-estimated from a deterministic strided sample; one pass collects the few elements at or
-above it (blocks whose maximum is below it are skipped after a vectorized reduction), and
-the exact answer is picked among those candidates. If the estimate misses (adversarial
-order, many ties), an exact radix select on the keys takes over, so the result is exact
-for every input. Small inputs use quickselect on a copy of the keys, with no sampling.
+needs no ``np.abs`` copy. A bracket ``lo <= t <= hi`` around the k-th largest magnitude
+``t`` is estimated from a deterministic strided sample; one pass writes the positions of
+all elements ``>= lo`` straight into the output (blocks of 64 whose maximum is below
+``lo`` are skipped after a vectorized reduction; the others become 64-bit masks whose set
+bits are written with ``tzcnt``) and keeps the few keys inside the bracket; the exact
+``t`` is found among those, and the bracket entries it rejects are removed in place. If
+the estimate misses (adversarial order, many ties), an exact radix select on the keys
+takes over, so the result is exact for every input. Small inputs use quickselect on a
+copy of the keys, with no sampling.
 
     >>> import numpy as np
     >>> topk_indices(np.array([0.5, -3.0, 2.0, -2.0, 0.0], dtype=np.float32), 2)
@@ -48,8 +51,8 @@ _HEAP_K = 32            # up to this k (and _SMALL_N) a one-pass heap selection 
 _SAMPLE_MAX = 1 << 16   # sample size cap: the threshold estimate then costs ~0.3 ms
 _SAMPLE_MIN = 1 << 10
 _Z = 4.0                # margin in standard deviations: a miss is ~1e-4 on shuffled data
-# A candidate buffer larger than numel/_CAND_DIV entries is not used: beyond it (large k,
-# or massive ties at the threshold) a two-sided band (plan B) needs less memory.
+# No buffer of keys larger than numel/_CAND_DIV entries is allocated: a bracket that would
+# need one (massive ties, a wild estimate) misses cleanly and radix select takes over.
 _CAND_DIV = 8
 
 
@@ -288,24 +291,27 @@ def _select_exact(xs, names, k, ks, allow):
 
 
 def _select(xs, names, k, ks, allow):
-    """Sampled threshold, one attempt (plan A or B), then the exact radix fallback."""
+    """Sampled bracket ``lo <= t <= hi`` around the k-th largest key ``t``, one collecting
+    pass (plan A's bracket with hi = the largest key, or plan B when the bracket is a
+    single tied key), then the exact radix fallback if the estimate missed."""
     total = sum(x.size for x in xs)
     sample = _sample(xs, names, ks, allow, total)
     m = sample.size
     mu = k * m / total                 # expected number of top-k elements in the sample
     r_lo = min(m, math.ceil(mu + _Z * math.sqrt(mu) + 2))
-    lo = _kth_largest(sample, r_lo)
+    lo = _kth_largest(sample, r_lo)    # the r_lo largest now sit in sample[m - r_lo:]
+    top = sample[m - r_lo:]
     q = int(np.count_nonzero(sample >= lo))   # > r_lo when the sample has ties at lo
-    cap = math.ceil((q + _Z * math.sqrt(q) + 2) * total / m) + _k.BLOCK
-    if cap <= total // _CAND_DIV:
-        pos = _plan_a(xs, names, k, ks, allow, lo, cap)
+    cap = math.ceil((q + _Z * math.sqrt(q) + 2) * total / m)
+    r_hi = math.floor(mu - _Z * math.sqrt(mu) - 2)
+    hi = _kth_largest(top.copy(), r_hi) if r_hi >= 1 else int(ks.spec[0])
+    if lo == hi:                       # ties at the threshold: count them, store nothing
+        pos = _plan_b(xs, names, k, ks, allow, lo, hi, 0)
     else:
-        r_hi = math.floor(mu - _Z * math.sqrt(mu) - 2)
-        hi = _kth_largest(sample, r_hi) if r_hi >= 1 else int(ks.spec[0])
-        band = q - int(np.count_nonzero(sample > hi))
-        band_cap = 0 if lo == hi else min(
-            math.ceil((band + _Z * math.sqrt(band) + 2) * total / m), total // _CAND_DIV)
-        pos = _plan_b(xs, names, k, ks, allow, lo, hi, band_cap)
+        band = q - int(np.count_nonzero(top > hi))
+        band_cap = min(math.ceil((band + _Z * math.sqrt(band) + 2) * total / m),
+                       total // _CAND_DIV)
+        pos = _plan_bracket(xs, names, k, ks, allow, lo, hi, min(cap, total), band_cap)
     return pos if pos is not None else _radix(xs, names, k, ks, allow, total)
 
 
@@ -337,25 +343,43 @@ def _sample(xs, names, ks, allow, total):
 
 
 def _plan_a(xs, names, k, ks, allow, lo, cap):
-    """Collect every key >= lo (few, for small k) and pick the exact top k among them."""
-    cand_idx = np.empty(cap, np.int64)
-    cand_key = np.empty(cap, ks.key_dtype)
-    count = offset = 0
+    """Collect every key >= lo (at most ``cap``) and pick the exact top k among them."""
+    return _plan_bracket(xs, names, k, ks, allow, lo, int(ks.spec[0]), cap, cap)
+
+
+def _plan_bracket(xs, names, k, ks, allow, lo, hi, cap, band_cap):
+    """One pass writes the positions of all keys >= lo (at most ``cap``) and keeps the keys
+    in ``[lo, hi]`` (at most ``band_cap``, with their place in the output); when the count
+    above ``hi`` is below k and the count from ``lo`` reaches it, the exact threshold is
+    found among the band keys and the band entries it rejects are removed in place.
+    Returns the k positions, or None when the bracket missed or a buffer overflowed."""
+    out = np.empty(cap + _k.BLOCK, np.int64)   # + BLOCK: the kernel writes 8 at a time
+    band_pos = np.empty(band_cap, np.int64)
+    band_key = np.empty(band_cap, ks.key_dtype)
+    state = np.zeros(2, np.int64)
+    offset = 0
+    lo_k, hi_k = ks.key_dtype(lo), ks.key_dtype(hi)
     for x in xs:
-        count = _k.collect_at_least(x.view(ks.key_dtype), ks.spec, allow, ks.key_dtype(lo),
-                                    offset, cand_idx, cand_key, count)
-        if count == ERR_OVERFLOW:
-            return None              # lo was far too low (ties, adversarial order): fall back
-        _check(count, xs, names, ks)
+        status = _k.bracket_collect(x.view(ks.key_dtype), ks.spec, allow, lo_k, hi_k, offset,
+                                    out, band_pos, band_key, state)
+        if status == ERR_OVERFLOW:
+            return None              # lo far too low (ties, adversarial order): fall back
+        _check(status, xs, names, ks)
         offset += x.size
-    if count < k:
-        return None                  # lo was too high; fall back
-    t = _kth_largest(cand_key[:count].copy(), k)
-    out = np.empty(k, np.int64)
-    got = _check(_k.pick_candidates(cand_idx, cand_key, count, t, k, out), xs, names, ks)
+    count, band = int(state[0]), int(state[1])
+    above = count - band
+    if not above < k <= count:
+        return None                  # the bracket missed the k-th largest key
+    need = k - above
+    keys = band_key[:band]
+    t = _kth_largest(keys.copy(), need)
+    eq_left = need - int(np.count_nonzero(keys > t))
+    got = _check(_k.drop_band(out, count, band_pos, band_key, band, ks.key_dtype(t), eq_left),
+                 xs, names, ks)
     if got != k:
-        raise RuntimeError(f"sparsecodec bug: picked {got} of k={k}")
-    return out
+        raise RuntimeError(f"sparsecodec bug: selected {got} of k={k}")
+    # a buffer much larger than the result is not handed out as the result's base
+    return out[:k] if out.size - k <= k // 8 + 4 * _k.BLOCK else out[:k].copy()
 
 
 def _plan_b(xs, names, k, ks, allow, lo, hi, band_cap):

@@ -97,34 +97,45 @@ def gather_keys_ref(x, allow, first, stride, cap, pos):
     return pos + len(written), written
 
 
-def collect_at_least_ref(x, allow, lo, offset, cap, count):
-    """(return value, [(index, key)] appended) of ``collect_at_least``; block by block,
-    because a refused non-finite value is reported as soon as its block is reached."""
+def bracket_collect_ref(x, allow, lo, hi, offset, cap, band_cap, pos, bp):
+    """(status, indices written, [(position in out, key)] of the band) of
+    ``bracket_collect``; block by block, because a refused non-finite value is reported as
+    soon as its block is reached and a block's entries are reserved 8 at a time."""
     kd = KEY_DTYPE[x.dtype]
     keys = keys_of(x)
-    got = []
+    written, band = [], []
+    if not (0 <= pos <= cap and 0 <= bp <= band_cap):
+        return ERR_RANGE, written, band
     for base, end in _blocks(len(keys)):
         if _block_refused(keys, kd, allow, base, end):
-            return ERR_NONFINITE, got
-        for j in range(base, end):
+            return ERR_NONFINITE, written, band
+        chosen = [j for j in range(base, end) if canon(keys[j], kd) >= lo]
+        if not chosen:
+            continue
+        if pos + len(written) + -(-len(chosen) // 8) * 8 > cap:
+            return ERR_OVERFLOW, written, band
+        for j in chosen:
             v = canon(keys[j], kd)
-            if v >= lo:
-                if count + len(got) >= cap:
-                    return ERR_OVERFLOW, got
-                got.append((offset + j, v))
-    return count + len(got), got
+            if v <= hi:
+                if bp + len(band) >= band_cap:
+                    return ERR_OVERFLOW, written, band
+                band.append((pos + len(written), v))
+            written.append(offset + j)
+    return OK, written, band
 
 
-def pick_candidates_ref(cand, t, k):
-    """Indices of ``cand`` (index order) with key > t, then the first ties == t, up to k."""
-    above = sum(1 for _, v in cand if v > t)
-    eq_left = k - above
-    out = []
-    for i, v in cand:
-        if v > t or (v == t and eq_left > 0):
-            eq_left -= v == t
-            out.append(i)
-    return out
+def drop_band_ref(out, band, t, eq_left):
+    """``out`` without the band entries ``(position, key)`` that are not chosen: keys > t
+    stay, and the first ``eq_left`` keys == t (band order)."""
+    dropped = set()
+    for p, v in band:
+        if v > t:
+            continue
+        if v == t and eq_left > 0:
+            eq_left -= 1
+            continue
+        dropped.add(p)
+    return [v for i, v in enumerate(out) if i not in dropped]
 
 
 def band_pass_ref(x, allow, lo, hi, cap, state):

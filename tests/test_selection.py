@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import reference_selection as ref
 from sparsecodec import ConfigError
 from sparsecodec import selection as sel
-from sparsecodec._kernels import ERR_NONFINITE, ERR_OVERFLOW, OK
+from sparsecodec._kernels import ERR_NONFINITE, ERR_OVERFLOW, ERR_RANGE, OK
 from sparsecodec._kernels import select as K
 from sparsecodec.selection import check_finite, topk_indices, topk_indices_global
 
@@ -144,8 +144,9 @@ def _keys(x):
 @hyp
 @given(data=st.data())
 def test_every_stage_is_exact_for_any_threshold(data):
-    """Plan A and plan B either return the exact answer or None (miss), whatever the
-    threshold estimate; radix select needs no estimate and is always exact."""
+    """Plan A, plan B and the bracket either return the exact answer or None (miss),
+    whatever the threshold estimates and buffer sizes; radix select needs no estimate and
+    is always exact."""
     x = data.draw(vectors())
     if x.size == 0:
         return
@@ -156,8 +157,10 @@ def test_every_stage_is_exact_for_any_threshold(data):
     lo = data.draw(st.sampled_from(keys))
     hi = data.draw(st.sampled_from([v for v in keys if v >= lo]))
     cap = data.draw(st.integers(0, x.size + 1))
+    band_cap = data.draw(st.integers(0, x.size + 1))
     for got in (sel._plan_a([x], ["x"], k, ks, False, lo, cap),
-                sel._plan_b([x], ["x"], k, ks, False, lo, hi, cap)):
+                sel._plan_b([x], ["x"], k, ks, False, lo, hi, cap),
+                sel._plan_bracket([x], ["x"], k, ks, False, lo, hi, cap, band_cap)):
         if got is not None:
             np.testing.assert_array_equal(got, want)
     for bucket_cap in (None, 0):        # early exit into plan B, or every radix digit
@@ -197,24 +200,37 @@ def test_kernels_match_references(data):
     bad = [i for i, v in enumerate(raw) if v >= ref.INF_KEY[kd]]
     assert K.first_nonfinite(u, ks.spec) == (bad[0] if bad else -1)
 
-    # collect_at_least, then pick_candidates on what it collected
-    count0 = data.draw(st.integers(0, 3))
-    idx = np.zeros(cap + count0, np.int64)
-    key = np.zeros(cap + count0, kd)
-    status = K.collect_at_least(u, ks.spec, allow, kd(lo), offset, idx, key, count0)
-    want_status, want = ref.collect_at_least_ref(x, allow, lo, offset, cap + count0, count0)
+    # bracket_collect, then drop_band on what it collected
+    pos0, bp0 = data.draw(st.integers(0, 3)), data.draw(st.integers(0, 3))
+    band_cap = data.draw(st.integers(0, n + 2))
+    out = np.zeros(cap + pos0, np.int64)
+    band_pos = np.zeros(band_cap + bp0, np.int64)
+    band_key = np.zeros(band_cap + bp0, kd)
+    state = np.array([pos0, bp0], np.int64)
+    status = K.bracket_collect(u, ks.spec, allow, kd(lo), kd(hi), offset, out, band_pos,
+                               band_key, state)
+    want_status, want, want_band = ref.bracket_collect_ref(x, allow, lo, hi, offset,
+                                                           cap + pos0, band_cap + bp0, pos0, bp0)
     assert status == want_status
-    if status >= 0:
-        cand = list(zip(idx[count0:status].tolist(), key[count0:status].tolist()))
-        assert cand == want
-        if cand:
-            k = data.draw(st.integers(1, len(cand)))
-            t = sorted((v for _, v in cand), reverse=True)[k - 1]
-            picked = np.zeros(k, np.int64)
-            got = K.pick_candidates(idx[count0:], key[count0:], len(cand), kd(t), k, picked)
-            assert got == k and picked.tolist() == ref.pick_candidates_ref(cand, t, k)
-            assert K.pick_candidates(idx[count0:], key[count0:], len(cand), kd(t), k,
-                                     picked[: k - 1]) == ERR_OVERFLOW
+    if status == OK:
+        count, band = state.tolist()
+        assert count == pos0 + len(want) and band == bp0 + len(want_band)
+        assert out[pos0:count].tolist() == want
+        assert list(zip(band_pos[bp0:band].tolist(), band_key[bp0:band].tolist())) == want_band
+        if want_band:
+            t = data.draw(st.sampled_from([v for _, v in want_band]))
+            eq_left = data.draw(st.integers(0, len(want_band)))
+            kept = ref.drop_band_ref(out[:count].tolist(), want_band, t, eq_left)
+            got = K.drop_band(out, count, band_pos[bp0:], band_key[bp0:], len(want_band),
+                              kd(t), eq_left)
+            assert got == len(kept) and out[:got].tolist() == kept
+            bad = band_pos[bp0:band].copy()
+            bad[[0, -1]] = bad[[-1, 0]]          # positions out of order, or past count
+            if len(want_band) > 1 and bad[0] != bad[-1]:
+                assert K.drop_band(out.copy(), count, bad, band_key[bp0:], len(want_band),
+                                   ks.spec[0], 0) == ERR_RANGE      # every entry dropped
+            assert K.drop_band(out, count, band_pos[bp0:], band_key[bp0:],
+                               band_key.size - bp0 + 1, kd(t), 0) == ERR_RANGE
 
     # band_pass
     state0 = (data.draw(st.integers(0, 3)), data.draw(st.integers(0, 3)))

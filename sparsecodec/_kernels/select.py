@@ -21,12 +21,15 @@ writing past it, and every loop is bounded by the array sizes.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
+from numba import types
+from numba.extending import intrinsic
 
 from . import ERR_NONFINITE, ERR_OVERFLOW, ERR_RANGE, OK, jit
 
 __all__ = ["BLOCK", "RADIX_BINS", "max_key", "first_nonfinite", "gather_keys", "topk_heap",
-           "topk_small", "collect_at_least", "pick_candidates", "band_pass", "radix_histogram",
+           "topk_small", "bracket_collect", "drop_band", "band_pass", "radix_histogram",
            "collect_threshold"]
 
 # Elements per block in the scanning kernels. A block is first reduced to its maximum key
@@ -205,77 +208,214 @@ def _kth_smallest(a, m, p):
     return a[p]
 
 
-@jit
-def collect_at_least(u, spec, allow, lo, offset, out_idx, out_key, count):
-    """Append ``(offset + i, key_i)`` for every ``key_i >= lo`` to the outputs, in index order.
+# numba sets DISABLE_JIT at import (from NUMBA_DISABLE_JIT); its config module does not declare it
+if getattr(numba.config, "DISABLE_JIT", 0):
+    def _ctz(word):
+        """Trailing zero bits of a uint64 (64 for 0): the pure-Python twin of the intrinsic."""
+        w = int(word)
+        return (w & -w).bit_length() - 1 if w else 64
 
-    Appends from ``out_idx[count]``. Returns the new count, ``ERR_OVERFLOW`` as soon as
-    the outputs are full (the threshold was too low: the caller falls back), or
-    ``ERR_NONFINITE``. Blocks whose maximum key is below ``lo`` are skipped after one
-    vectorized reduction; this is what makes a small-k selection cost about one read of
-    the data.
+    def _popcount(word):
+        """Set bits of a uint64: the pure-Python twin of the intrinsic."""
+        return int(word).bit_count()
+
+    def _drop_lowest(word):
+        """``word`` without its lowest set bit (0 stays 0, without numpy's underflow warning)."""
+        return word & (word - np.uint64(1)) if word else word
+else:
+    from numba.cpython.unsafe.numbers import trailing_zeros as _cttz
+
+    @intrinsic
+    def _ctpop(typingctx, word):
+        if word != types.uint64:
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.ctpop(args[0])
+        return types.uint64(types.uint64), codegen
+
+    @jit(inline="always")
+    def _ctz(word):
+        """Trailing zero bits of a uint64 (64 for 0), one ``tzcnt`` instruction. An LLVM
+        intrinsic, which plain Python cannot run: NUMBA_DISABLE_JIT=1 runs get the twin
+        above. As int64: Numba would turn int64 + uint64 into float64."""
+        return np.int64(_cttz(word))
+
+    @jit(inline="always")
+    def _popcount(word):
+        """Set bits of a uint64, one ``popcnt`` instruction (see ``_ctz``)."""
+        return np.int64(_ctpop(word))
+
+    @jit(inline="always")
+    def _drop_lowest(word):
+        """``word`` without its lowest set bit (``blsr``; 0 wraps harmlessly to 0)."""
+        return word & (word - np.uint64(1))
+
+
+_ONE = np.uint64(1)
+
+
+@jit(inline="always")
+def _block_bits(u, mask, inf_key, allow, base, end, lo, hi):
+    """``(status, at_least, above)``: bit j of ``at_least`` is set when key ``base + j``
+    is ``>= lo``, of ``above`` when it is ``> hi``. The element loop for a block that is
+    partial or holds a NaN/Inf (canonicalized, or ``ERR_NONFINITE``)."""
+    at_least = np.uint64(0)
+    above = np.uint64(0)
+    for j in range(end - base):
+        v = u[base + j] & mask
+        if v >= inf_key:
+            if not allow:
+                return ERR_NONFINITE, at_least, above
+            v = _canon(v, mask, inf_key)
+        at_least |= np.uint64(v >= lo) << np.uint64(j)
+        above |= np.uint64(v > hi) << np.uint64(j)
+    return OK, at_least, above
+
+
+@jit(inline="always")
+def _emit(u, mask, inf_key, base, idx, at_least, above, out, pos, band_pos, band_key, bp):
+    """Write ``idx + j`` for each set bit j of ``at_least`` to ``out[pos:]``, and the band
+    entries (``at_least`` but not ``above``) to ``band_*[bp:]``. Returns the new
+    ``(pos, bp)``, or ``(ERR_OVERFLOW, bp)``."""
+    count = _popcount(at_least)
+    if pos + ((count + 7) & ~7) > out.size:
+        return ERR_OVERFLOW, bp
+    first = pos
+    bits = at_least
+    while True:               # 8 writes per turn; bits past the last one write junk
+        out[pos] = idx + _ctz(bits)
+        bits = _drop_lowest(bits)
+        out[pos + 1] = idx + _ctz(bits)
+        bits = _drop_lowest(bits)
+        out[pos + 2] = idx + _ctz(bits)
+        bits = _drop_lowest(bits)
+        out[pos + 3] = idx + _ctz(bits)
+        bits = _drop_lowest(bits)
+        out[pos + 4] = idx + _ctz(bits)
+        bits = _drop_lowest(bits)
+        out[pos + 5] = idx + _ctz(bits)
+        bits = _drop_lowest(bits)
+        out[pos + 6] = idx + _ctz(bits)
+        bits = _drop_lowest(bits)
+        out[pos + 7] = idx + _ctz(bits)
+        bits = _drop_lowest(bits)
+        pos += 8
+        if bits == 0:
+            break
+    bits = at_least & ~above
+    bcap = min(band_pos.size, band_key.size)
+    while bits != 0:          # the band is narrow: a few entries per block at most
+        j = _ctz(bits)
+        if bp >= bcap:
+            return ERR_OVERFLOW, bp
+        band_pos[bp] = first + _popcount(at_least & ((_ONE << np.uint64(j)) - _ONE))
+        band_key[bp] = _canon(u[base + j] & mask, mask, inf_key)
+        bp += 1
+        bits = _drop_lowest(bits)
+    return first + count, bp
+
+
+@jit
+def bracket_collect(u, spec, allow, lo, hi, offset, out, band_pos, band_key, state):
+    """Append ``offset + i`` for every key ``>= lo`` to ``out``, in index order; for each
+    of them whose key is also ``<= hi`` (the *band*), append its position in ``out`` to
+    ``band_pos`` and its key to ``band_key``.
+
+    ``state = [entries in out, entries in the band]`` is read and updated, so several
+    arrays can be passed in turn. Returns ``OK``, ``ERR_NONFINITE``, ``ERR_RANGE`` or
+    ``ERR_OVERFLOW``: a band entry would not fit, or a block's entries, rounded up to a
+    multiple of 8, would not fit in ``out`` (the entries are written 8 at a time; the
+    slots past the count hold junk).
+
+    Each block of 64 keys costs one vectorized max reduction; a block that reaches ``lo``
+    is turned into a 64-bit mask by vectorized compares, and its set bits are written out
+    with ``tzcnt``, 8 per iteration, so the cost per selected element is a few cycles and
+    no mispredicted branch: at density 0.1 the whole pass costs about 2 reads of the data,
+    against 5 for a branch-free compaction of every element (both measured).
     """
     mask, inf_key = spec
     n = u.size
-    cap = min(out_idx.size, out_key.size)
-    if count < 0 or count > cap:
+    pos = state[0]
+    bp = state[1]
+    if pos < 0 or pos > out.size or bp < 0 or bp > min(band_pos.size, band_key.size):
         return ERR_RANGE
-    for b in range((n + BLOCK - 1) // BLOCK):  # not range(0, n, BLOCK): 3x slower
+    skip = min(lo, inf_key)   # a block whose max is below both holds nothing and no NaN/Inf
+    full = n // BLOCK
+    for b in range(full):
         base = b * BLOCK
-        end = min(base + BLOCK, n)
-        m = _block_max(u, mask, base, end)
-        if m >= inf_key:
-            if not allow:
-                return ERR_NONFINITE
-            m = _canon(m, mask, inf_key)
-        if m < lo:
+        m = _block_max(u, mask, base, base + BLOCK)
+        if m < skip:
             continue
-        if m < inf_key and end - base == BLOCK and count + BLOCK <= cap:
-            # Branch-free compaction: every write lands below count + BLOCK <= cap.
-            for j in range(BLOCK):
-                v = u[base + j] & mask
-                out_idx[count] = offset + base + j
-                out_key[count] = v
-                count += v >= lo
+        # (the partial last block is not tested here but after the loop: testing both in
+        # one condition makes LLVM compile this loop 2x slower, measured)
+        if m >= inf_key:
+            status, at_least, above = _block_bits(u, mask, inf_key, allow, base,
+                                                  base + BLOCK, lo, hi)
+            if status != OK:
+                return status
         else:
-            for j in range(base, end):
-                v = _canon(u[j] & mask, mask, inf_key)
-                if v >= lo:
-                    if count >= cap:
-                        return ERR_OVERFLOW
-                    out_idx[count] = offset + j
-                    out_key[count] = v
-                    count += 1
-    return count
+            at_least = np.uint64(0)
+            for j in range(BLOCK):
+                at_least |= np.uint64((u[base + j] & mask) >= lo) << np.uint64(j)
+            above = np.uint64(0)
+            if m > hi:
+                for j in range(BLOCK):
+                    above |= np.uint64((u[base + j] & mask) > hi) << np.uint64(j)
+        if at_least != 0:
+            pos, bp = _emit(u, mask, inf_key, base, offset + base, at_least, above, out, pos,
+                            band_pos, band_key, bp)
+            if pos < 0:
+                return pos
+    if full * BLOCK < n:
+        base = full * BLOCK
+        status, at_least, above = _block_bits(u, mask, inf_key, allow, base, n, lo, hi)
+        if status != OK:
+            return status
+        if at_least != 0:
+            pos, bp = _emit(u, mask, inf_key, base, offset + base, at_least, above, out, pos,
+                            band_pos, band_key, bp)
+            if pos < 0:
+                return pos
+    state[0] = pos
+    state[1] = bp
+    return OK
 
 
 @jit
-def pick_candidates(cand_idx, cand_key, count, t, k, out):
-    """From candidates in index order, write the ``k`` chosen indices to ``out`` (ascending).
-
-    ``t`` is the k-th largest candidate key: every key ``> t`` is taken, and keys ``== t``
-    are taken in index order until ``k`` are chosen (the lower index wins ties). Returns the
-    number written (``k`` unless ``t`` is not the k-th largest), or a status code.
-    """
-    if count < 0 or count > min(cand_idx.size, cand_key.size):
+def drop_band(out, count, band_pos, band_key, band, t, eq_left):
+    """Keep, of the band entries of ``out[:count]``, those with key ``> t`` and the first
+    ``eq_left`` with key ``== t`` (band order is index order: the lower index wins ties);
+    remove the others from ``out`` in place, keeping the order. Returns the new count, or
+    ``ERR_RANGE`` when the arguments are inconsistent (positions must increase and lie
+    below ``count``)."""
+    if count < 0 or count > out.size or band < 0 or band > min(band_pos.size, band_key.size):
         return ERR_RANGE
-    above = 0
-    for i in range(count):
-        above += cand_key[i] > t
-    eq_left = k - above
-    if eq_left < 0:
-        return ERR_RANGE
-    pos = 0
-    for i in range(count):
-        v = cand_key[i]
-        if v > t or (v == t and eq_left > 0):
-            if v == t:
-                eq_left -= 1
-            if pos >= out.size:
-                return ERR_OVERFLOW
-            out[pos] = cand_idx[i]
-            pos += 1
-    return pos
+    w = -1                    # where the next kept entry goes; -1 until the first drop
+    r = 0                     # the next entry of out not yet placed
+    for i in range(band):
+        v = band_key[i]
+        if v > t:
+            continue
+        if v == t and eq_left > 0:
+            eq_left -= 1
+            continue
+        p = band_pos[i]
+        if p < r or p >= count:
+            return ERR_RANGE
+        if w < 0:
+            w = p
+        else:
+            for j in range(r, p):
+                out[w] = out[j]
+                w += 1
+        r = p + 1
+    if w < 0:
+        return count
+    for j in range(r, count):
+        out[w] = out[j]
+        w += 1
+    return w
 
 
 @jit
