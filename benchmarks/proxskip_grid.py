@@ -150,15 +150,27 @@ def cmd_grid_run(method: str, seed: int, rounds: int) -> None:
           f"global {summary['global_accuracy']:.4f}; {wall:.0f} s", flush=True)
 
 
-def cmd_grid(methods: list[str], seeds: list[int], rounds: int, jobs: int) -> None:
+def cmd_grid(methods: list[str], seeds: list[int], rounds: int, jobs: int,
+             cells: list[str] | None = None, after: list[int] = ()) -> None:
     """Run every missing cell, ``jobs`` processes at a time (``nice -n 5``), seed-major so
-    that an interrupted grid still has whole seeds."""
-    todo = [(m, s) for s in seeds for m in methods if not (OUT / f"{row_name(m, s)}.json").is_file()]
+    that an interrupted grid still has whole seeds; ``cells`` (``METHOD:SEED``) gives the
+    cells and their order instead, and ``after`` process ids that hold a slot until they exit
+    (cells of an earlier driver still running)."""
+    if cells:
+        pairs = [(c.rsplit(":", 1)[0], int(c.rsplit(":", 1)[1])) for c in cells]
+        bad = [m for m, _ in pairs if m not in GRID]
+        if bad:
+            raise SystemExit(f"unknown method(s) {bad}; valid: {', '.join(GRID)}")
+    else:
+        pairs = [(m, s) for s in seeds for m in methods]
+    todo = [(m, s) for m, s in pairs if not (OUT / f"{row_name(m, s)}.json").is_file()]
     running: list[tuple[subprocess.Popen, str]] = []
+    external = list(after)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     OUT.mkdir(parents=True, exist_ok=True)
     while todo or running:
-        while todo and len(running) < jobs:
+        external = [pid for pid in external if _alive(pid)]
+        while todo and len(running) + len(external) < jobs:
             m, s = todo.pop(0)
             LOGS.mkdir(parents=True, exist_ok=True)
             log = open(LOGS / f"{row_name(m, s)}.log", "w")
@@ -172,6 +184,19 @@ def cmd_grid(methods: list[str], seeds: list[int], rounds: int, jobs: int) -> No
             if proc.poll() is not None:
                 running.remove((proc, name))
                 print(f"{time.strftime('%H:%M:%S')} {name} exited {proc.returncode}", flush=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:        # an exited child of a dead driver is a zombie until reaped: not running
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 # -- the table -----------------------------------------------------------------------------------

@@ -435,6 +435,8 @@ def main(argv=None) -> None:
     g.add_argument("--seeds", nargs="+", type=int, default=list(grid.SEEDS))
     g.add_argument("--rounds", type=int, default=grid.ROUNDS)
     g.add_argument("--jobs", type=int, default=2)
+    g.add_argument("--cells", nargs="+", help="METHOD:SEED cells in the order to run them")
+    g.add_argument("--after", nargs="+", type=int, default=[], help="pids holding a slot until they exit")
     gr = sub.add_parser("grid-run", help="one cell of the grid, in this process")
     gr.add_argument("method", choices=list(grid.GRID))
     gr.add_argument("--seed", type=int, default=0)
@@ -442,7 +444,7 @@ def main(argv=None) -> None:
     sub.add_parser("grid-table", help="the grid's table (markdown + json) and plots")
     args = parser.parse_args(argv)
     if args.command == "grid":
-        return grid.cmd_grid(args.methods, args.seeds, args.rounds, args.jobs)
+        return grid.cmd_grid(args.methods, args.seeds, args.rounds, args.jobs, args.cells, args.after)
     if args.command == "grid-run":
         return grid.cmd_grid_run(args.method, args.seed, args.rounds)
     if args.command == "grid-table":
