@@ -47,7 +47,7 @@ from .index_coders import (INDEX_CODERS, IndexCoder, Support, count, get_index_c
                            register_index_coder, registered_index_coders, scan_support)
 from .index_params import eliasfano_low_bits, golomb_parameter, raw_width
 from .zstd_index import PROBE_LEVEL, ZSTD_LEVEL, zstd_compressor
-from . import entropy_index, index_basic, zstd_index
+from . import entropy_index, index_basic, index_zstd19, zstd_index
 
 __all__ = ["INDEX_CODERS", "SIZE_TOLERANCE", "SIZE_TOLERANCE_BITS", "SPEEDUP", "ZSTD_LEVEL", "encode_indices",
            "encode_indices_auto", "decode_indices", "index_payload_bits", "choose_index_coder",
@@ -61,6 +61,7 @@ register_index_coder(index_basic.ELIASFANO)
 register_index_coder(entropy_index.BITMAP)
 register_index_coder(zstd_index.ZSTD)
 register_index_coder(entropy_index.GAPS)
+register_index_coder(index_zstd19.ZSTD19)
 
 #: In :func:`choose_index_coder`, a candidate within this fraction of the smallest candidate's
 #: bits, or within SIZE_TOLERANCE_BITS of them (the arithmetic coders enter with mean sizes
