@@ -178,3 +178,14 @@ def test_a_new_value_coder_is_one_record_and_one_registration(scratch_table):
     assert np.array_equal(sc.decode_packed(bytes(sc.encode_packed(tensors, spec)), spec)["w"].reshape(-1), x_hat)
     with pytest.raises(ConfigError, match="wire ids are 0..7"):
         vc.register_value_coder(vc.ValueCoder("x", 8, lambda k: k, enc, dec, ef_exact=True))
+
+
+@pytest.mark.parametrize("algorithm", ["ec", "ef21", "flare", "fedavg-topk", "sparse-proxskip"])
+def test_fl_configs_select_value_coders_by_name(algorithm):
+    from fl.algorithms import get_algorithm
+
+    algo = get_algorithm(algorithm)
+    for coder in ("q8", "sign"):
+        assert algo.make_config(values=coder).codec().values == coder
+    with pytest.raises(Exception, match="q8"):      # the error lists the choices
+        algo.make_config(values="q4")
