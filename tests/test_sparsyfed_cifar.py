@@ -89,3 +89,25 @@ def test_without_the_cifar_files_the_runner_says_where_they_go(tmp_path, capsys)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "cifar-10-batches-py/data_batch_1" in err and str(tmp_path / "none") in err
+
+
+def test_the_timing_tool_on_synthetic_data_in_the_official_layout(tmp_path):
+    """``benchmarks.sparsyfed_timing``: its random directory loads as CIFAR, and its record
+    times each client, the server and one evaluation, and extrapolates to the config's round."""
+    from benchmarks.sparsyfed_timing import extrapolate, time_rounds, write_synthetic
+    from fl.data import load_dataset
+
+    write_synthetic(tmp_path, "cifar10", n_train=40, n_test=10)
+    write_synthetic(tmp_path, "cifar100", n_train=20, n_test=10)
+    ds = load_dataset("cifar10", data_dir=tmp_path)
+    assert ds.x_train.shape == (40, 3, 32, 32) and ds.x_test.shape == (10, 3, 32, 32)
+    assert load_dataset("cifar100", data_dir=tmp_path).y_train.max() < 100
+    record = time_rounds("cifar10_lda0.1", "sparsyfed", str(tmp_path), "cpu", 1, 1,
+                         ["sim.clients=10", "model_options.width=0.125"])
+    assert record["clients_per_round_timed"] == 1 and record["clients_per_round_config"] == 10
+    assert record["images_per_client"] == [4] and len(record["client_seconds"]) == 1
+    assert record["rounds"][0]["dropped"] == 0 and record["eval_seconds"] > 0
+    est = extrapolate(record, cpu=True)
+    assert est["extrapolated_from_clients"]
+    assert est["round_seconds_without_eval"] == pytest.approx(
+        10 * record["mean_client_cpu_seconds"] + record["server_cpu_seconds_per_round"][0])
