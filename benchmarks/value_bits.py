@@ -116,11 +116,17 @@ COLUMNS = ("values", "seeds", "rounds", "value bits / msg", "x fewer value bits"
            "accuracy (mean)", "accuracy (min-max)", "points vs fp32", "target", "target met")
 
 
-def _cell(v) -> str:
+def _cell(v, column: str = "") -> str:
     if isinstance(v, bool):
         return "yes" if v else "**no**"
     if isinstance(v, float):
-        return f"{v:+.2f}" if abs(v) < 1 or v < 0 else f"{v:,.1f}" if v < 1000 else f"{v:,.0f}"
+        if column.startswith("accuracy"):
+            return f"{v:.4f}"
+        if column.startswith("points"):
+            return f"{v:+.2f}"
+        if column.startswith("x fewer"):
+            return f"{v:.2f}x"
+        return f"{v:,.0f}"
     return "-" if v is None else str(v)
 
 
@@ -137,7 +143,7 @@ def report() -> None:
             continue
         out[setting_dir.name] = rows
         lines += [f"## {setting_dir.name}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-        lines += ["| " + " | ".join(_cell(r.get(c)) for c in COLUMNS) + " |" for r in rows]
+        lines += ["| " + " | ".join(_cell(r.get(c), c) for c in COLUMNS) + " |" for r in rows]
         lines += [""]
     notes = RESULTS / "NOTES.md"
     if notes.exists():
