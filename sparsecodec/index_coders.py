@@ -51,7 +51,7 @@ from .errors import ConfigError
 from .index_params import golomb_parameter
 
 __all__ = ["Cost", "Support", "IndexCoder", "scan_support", "register_index_coder",
-           "get_index_coder", "registered_index_coders", "INDEX_CODERS", "AUTO_MODES",
+           "get_index_coder", "registered_index_coders", "auto_candidates", "INDEX_CODERS", "AUTO_MODES",
            "MAX_WIRE_ID"]
 
 #: a TopK frame keeps the index coder id in the low 4 bits of its config byte
@@ -186,6 +186,7 @@ def register_index_coder(coder: IndexCoder) -> IndexCoder:
     _BY_NAME[coder.name] = coder
     _BY_ID[coder.wire_id] = coder
     _WIRE_IDS[coder.name] = coder.wire_id
+    _AUTO.clear()
     return coder
 
 
@@ -193,6 +194,7 @@ def _unregister_index_coder(name: str) -> None:
     """Tests only: wire ids are forever, a released one must never reach a wire."""
     coder = _BY_NAME.pop(name)
     del _BY_ID[coder.wire_id], _WIRE_IDS[name]
+    _AUTO.clear()
 
 
 def registered_index_coders() -> tuple[IndexCoder, ...]:
@@ -203,6 +205,16 @@ def registered_index_coders() -> tuple[IndexCoder, ...]:
     ['raw', 'golomb', 'eliasfano']
     """
     return tuple(_BY_ID[i] for i in sorted(_BY_ID))
+
+
+_AUTO: list[tuple[IndexCoder, ...]] = []   # cache of auto_candidates(), emptied on (un)registering
+
+
+def auto_candidates() -> tuple[IndexCoder, ...]:
+    """The records ``auto`` considers by default (``auto != "never"``), by wire id."""
+    if not _AUTO:
+        _AUTO.append(tuple(c for c in registered_index_coders() if c.auto != "never"))
+    return _AUTO[0]
 
 
 def get_index_coder(coder, *, allow_id: bool = False) -> IndexCoder:

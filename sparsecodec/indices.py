@@ -40,10 +40,9 @@ import numpy as np
 
 from ._kernels import (ERR_CORRUPT, ERR_ORDER, ERR_OVERFLOW, ERR_PADDING, ERR_RANGE,
                        ERR_TRUNCATED, OK)
-from ._kernels.golomb import golomb_scan
 from ._kernels.varint import gap_varints_encode
 from .errors import ConfigError, CorruptFrameError, TruncatedFrameError
-from .index_coders import (INDEX_CODERS, IndexCoder, Support, count, get_index_coder,
+from .index_coders import (INDEX_CODERS, IndexCoder, Support, auto_candidates, count, get_index_coder,
                            register_index_coder, registered_index_coders, scan_support)
 from .index_params import eliasfano_low_bits, golomb_parameter, raw_width
 from .zstd_index import PROBE_LEVEL, ZSTD_LEVEL, zstd_compressor
@@ -219,26 +218,28 @@ PROBE_GAPS = 4096
 PROBE_GAIN = 0.75
 
 
-def _probe_is_structured(idx: np.ndarray, numel: int, golomb: tuple[int, int, int]) -> bool:
+def _probe_is_structured(s: Support) -> bool:
     """Structure that equal neighbouring gaps miss: a pattern repeating with a long period.
 
     A weight matrix's chosen columns give the same *sequence* of gaps row after row, so
     neighbouring gaps differ but an LZ match finder sees long repeats. We compress the first
     :data:`PROBE_GAPS` gap varints at zstd level 1 (tens of microseconds, independent of k)
-    and compare with their Golomb size, which zstd does not approach on iid gaps.
+    and compare with their share of the Golomb size (the validation scan's, pro rata: a
+    second scan of the head cost as much as the rest of the probe), which zstd does not
+    approach on iid gaps.
     """
-    head = idx[:PROBE_GAPS]
+    head = s.idx[:PROBE_GAPS]
     raw = np.empty(10 * head.size, np.uint8)
     nbytes = gap_varints_encode(head, raw)
-    status, golomb_bits, _ = golomb_scan(head, numel, *golomb)
-    if nbytes < 0 or status != OK:
+    if nbytes < 0:
         raise AssertionError("probe on a validated support failed")
-    return 8 * len(zstd_compressor(PROBE_LEVEL).compress(raw[:nbytes])) < PROBE_GAIN * golomb_bits
+    head_golomb_bits = s.golomb_bits * head.size / s.k
+    return 8 * len(zstd_compressor(PROBE_LEVEL).compress(raw[:nbytes])) < PROBE_GAIN * head_golomb_bits
 
 
 def _candidates(coders: Iterable[str] | None) -> tuple[IndexCoder, ...]:
     if coders is None:
-        return tuple(c for c in registered_index_coders() if c.auto != "never")
+        return auto_candidates()
     if isinstance(coders, str):
         raise ConfigError(f"coders must be an iterable of coder names, got the string {coders!r}")
     chosen = tuple(get_index_coder(name) for name in coders)
@@ -259,8 +260,7 @@ def _choose(s: Support, candidates: tuple[IndexCoder, ...]) -> tuple[IndexCoder,
             continue
         if coder.auto == "structured" or coder.size_encodes:
             if structured is None:  # decided once, and only if some candidate needs it
-                structured = (_looks_structured(s.repeats, k, numel)
-                              or _probe_is_structured(s.idx, numel, s.golomb))
+                structured = _looks_structured(s.repeats, k, numel) or _probe_is_structured(s)
             if not structured:
                 continue
         if coder.size_encodes:

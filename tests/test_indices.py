@@ -400,7 +400,7 @@ def _repeats(idx):
 
 def _structured(idx, numel):
     return (ix._looks_structured(_repeats(idx), idx.size, numel)
-            or ix._probe_is_structured(idx, numel, ix.golomb_parameter(numel, idx.size)))
+            or ix._probe_is_structured(ix.scan_support(idx, numel)))
 
 
 AUTO_CODERS = [c.name for c in ix.registered_index_coders() if c.auto != "never"]
@@ -502,7 +502,7 @@ def test_structure_detectors(numel):
     chosen = np.sort(np.random.default_rng(1).choice(cols, cols // 10, replace=False))
     idx = (np.arange(100)[:, None] * cols + chosen).reshape(-1)
     assert not ix._looks_structured(_repeats(idx), idx.size, numel)
-    assert ix._probe_is_structured(idx, numel, ix.golomb_parameter(numel, idx.size))
+    assert ix._probe_is_structured(ix.scan_support(idx, numel))
 
 
 def test_choice_on_structured_supports():
