@@ -21,7 +21,7 @@ from sparsecodec.indices import (INDEX_CODERS, ZSTD_LEVEL, choose_index_coder, d
                                  encode_indices)
 
 __all__ = ["iid_support", "clustered_support", "strided_support", "SUPPORTS", "bench_indices",
-           "bench_index_decode"]
+           "bench_index_decode", "bench_index_costs"]
 
 #: the row length of the weight matrix the structured supports are cut from
 MATRIX_COLS = 1000
@@ -143,6 +143,64 @@ def bench_index_decode(n: int = 10**7, density: float = 1e-3, repeats: int = 20,
     return rows
 
 
+#: (n, k) points of :func:`bench_index_costs`: k and n vary independently, so that the fixed,
+#: per-index and per-element terms of the cost model can be told apart
+COST_GRID = ((10**3, 10), (10**4, 100), (10**5, 100), (10**5, 10**4), (10**6, 10**3), (10**6, 10**5), (10**7, 10**3),
+             (10**7, 10**4), (10**7, 10**6))
+
+
+def _fit(points: list[tuple[int, int, float]]) -> tuple[float, float, float]:
+    """Non-negative ``(fixed, per index, per element)`` ns fitted to ``(n, k, ns)`` in relative
+    error (every point counts alike, whatever its size); a negative term is dropped and the
+    rest refitted."""
+    terms = [0, 1, 2]
+    while True:
+        a = np.array([[(1.0, k, n)[t] / ns for t in terms] for n, k, ns in points])
+        coef = np.linalg.lstsq(a, np.ones(len(points)), rcond=None)[0]
+        if (coef >= 0).all():
+            out = [0.0, 0.0, 0.0]
+            for t, c in zip(terms, coef):
+                out[t] = float(c)
+            return out[0], out[1], out[2]
+        terms = [t for t, c in zip(terms, coef) if c > 0]
+
+
+def bench_index_costs(grid=COST_GRID, repeats: int = 5, seed: int = 0,
+                      max_slow_k: int = 10**4) -> list[dict]:
+    """Measured encode and decode time of every registered coder on iid supports, fitted to
+    the table's cost model ``fixed + per_index * k + per_element * numel`` (ns).
+
+    Encode is the record's ``encode`` on a validated support (the one validation scan is
+    shared by all coders, so it is left out); decode is ``decode_indices`` with a
+    preallocated output, as TopK calls it. Best of ``repeats``. Coders whose table cost says
+    they take > 1 us per index (zstd19) are timed only up to ``max_slow_k`` indices. Compare
+    the fitted columns with ``encode_cost`` / ``decode_cost`` in each coder's record.
+    """
+    from sparsecodec.index_coders import registered_index_coders, scan_support
+
+    rng = np.random.default_rng(seed)
+    supports = [(n, iid_support(n, k, rng)) for n, k in grid]
+    rows = []
+    for coder in registered_index_coders():
+        enc, dec = [], []
+        for n, idx in supports:
+            if coder.encode_cost.per_index_ns > 1000 and idx.size > max_slow_k:
+                continue
+            s = scan_support(idx, n)
+            out = np.empty(idx.size, np.int64)
+            payload = coder.encode(s)                                   # warm-up: compiles
+            decode_indices(payload, n, idx.size, coder.name, out=out)
+            enc.append((n, idx.size, 1e9 * _timings(lambda: coder.encode(s), repeats)[0]))
+            dec.append((n, idx.size, 1e9 * _timings(
+                lambda: decode_indices(payload, n, idx.size, coder.name, out=out), repeats)[0]))
+        (ef, ek, en), (df, dk, dn) = _fit(enc), _fit(dec)
+        rows.append({"coder": coder.name, "enc_fixed_ns": ef, "enc_ns_per_index": ek,
+                     "enc_ns_per_element": en, "dec_fixed_ns": df, "dec_ns_per_index": dk,
+                     "dec_ns_per_element": dn,
+                     "table_enc": str(coder.encode_cost), "table_dec": str(coder.decode_cost)})
+    return rows
+
+
 def _print(title: str, rows: list[dict]) -> None:
     from benchmarks.__main__ import print_table
 
@@ -153,3 +211,5 @@ if __name__ == "__main__":
     _print("Index bits / log2 C(n,k), varint(k) included", bench_indices())
     _print("Index encode/decode (n=1e7, density 1e-3, iid; encode_s of 'auto' = the choice)",
            bench_index_decode())
+    _print("Index coder costs fitted to fixed + per index * k + per element * n (ns, iid)",
+           bench_index_costs())

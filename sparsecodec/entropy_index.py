@@ -198,15 +198,16 @@ def _gaps_encode(s: Support) -> bytes:
     return encode_gaps(s.idx, s.numel)
 
 
-# costs in ns, measured at n = 1e7, k = 1e3..1e6 (benchmarks/indices_bench.py bench_index_costs):
+# costs in ns, fitted to iid supports, n = 1e3..1e7, k = 10..1e6 (benchmarks/indices_bench.py
+# bench_index_costs):
 # the bitmap walks every position up to the last index, gaps codes ~log2(n/k) digits per index
 BITMAP = IndexCoder(
     "bitmap", 3, encode=_bitmap_encode, decode=_bitmap_decode,
     size=lambda s: bitmap_bits_estimate(s.numel, s.k), size_exact=False, max_numel=MAX_NUMEL,
-    encode_cost=Cost(20000, 10.0, 5.2), decode_cost=Cost(20000, 5.0, 5.3),
+    encode_cost=Cost(2000, 1.0, 4.0), decode_cost=Cost(2000, 10.0, 5.3),
     summary="arithmetic-coded bitmap under the exact enumerative model, O(numel)")
 GAPS = IndexCoder(
     "gaps", 5, encode=_gaps_encode, decode=_gaps_decode,
     size=lambda s: gaps_bits_estimate(s.numel, s.k), size_exact=False, max_numel=MAX_GAPS_NUMEL,
-    encode_cost=Cost(15000, 97.0), decode_cost=Cost(15000, 91.0),
+    encode_cost=Cost(4000, 80.0), decode_cost=Cost(4000, 78.0),
     summary="arithmetic-coded gap digits under a geometric model, O(k log(numel/k))")

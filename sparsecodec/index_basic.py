@@ -64,8 +64,9 @@ RAW = IndexCoder(
     decode=_raw_decode,
     size=lambda s: _whole_bytes(_raw_bits(s)), size_exact=True,
     min_payload_bits=lambda numel, k: k * raw_width(numel),
-    # ns, measured at n = 1e7, k = 1e3..1e6 (benchmarks/indices_bench.py bench_index_costs)
-    encode_cost=Cost(3000, 2.5), decode_cost=Cost(4000, 2.0),
+    # ns, fitted to iid supports, n = 1e3..1e7, k = 10..1e6 (benchmarks/indices_bench.py
+    # bench_index_costs; two runs on a shared 2-core machine, rounded)
+    encode_cost=Cost(2500, 1.2), decode_cost=Cost(3500, 1.5),
     summary="k indices at w = max(1, (numel-1).bit_length()) bits, MSB first")
 
 
@@ -82,7 +83,7 @@ GOLOMB = IndexCoder(
     size=lambda s: _whole_bytes(s.golomb_bits), size_exact=True,
     # a codeword has its stop bit and at least c - 1 remainder bits
     min_payload_bits=lambda numel, k: k * max(1, golomb_parameter(numel, k)[1]),
-    encode_cost=Cost(3000, 6.5), decode_cost=Cost(4000, 6.2),
+    encode_cost=Cost(1500, 3.5), decode_cost=Cost(3000, 4.5),
     summary="gaps idx_i - idx_{i-1} - 1, Golomb code, Gallager-Van Voorhis m")
 
 
@@ -102,5 +103,5 @@ ELIASFANO = IndexCoder(
     decode=_ef_decode,
     size=lambda s: _whole_bytes(_ef_bits(s)), size_exact=True,
     min_payload_bits=lambda numel, k: k * (eliasfano_low_bits(numel, k) + 1),  # L low + one upper bit
-    encode_cost=Cost(3000, 3.5), decode_cost=Cost(4000, 6.0),
+    encode_cost=Cost(2500, 1.9), decode_cost=Cost(3000, 4.0),
     summary="Elias-Fano, L = floor(log2(numel/k)) low bits, upper bitmap")

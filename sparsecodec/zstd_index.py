@@ -147,10 +147,11 @@ def zstd_coder(name: str, wire_id: int, level: int, *, encode_cost: Cost, auto: 
     return IndexCoder(
         name, wire_id, encode=encode, decode=zstd_decode,
         size=lambda s: 8 * len(encode(s)), size_exact=True, size_encodes=True,
-        encode_cost=encode_cost, decode_cost=Cost(15000, 3.7), auto=auto,
+        encode_cost=encode_cost, decode_cost=Cost(5000, 2.1), auto=auto,
         summary=f"gaps as LEB128 varints (or u32) in one magicless zstd frame (level {level})")
 
 
 #: ``zstd``: only tried on structured supports, where the gaps repeat (iid ones cost ~15 % over
-#: the bound); encode time measured on iid supports (structured ones compress faster)
-ZSTD = zstd_coder("zstd", 4, ZSTD_LEVEL, encode_cost=Cost(20000, 145.0), auto="structured")
+#: the bound); costs fitted on iid supports (benchmarks/indices_bench.py bench_index_costs;
+#: structured ones compress faster)
+ZSTD = zstd_coder("zstd", 4, ZSTD_LEVEL, encode_cost=Cost(13000, 55.0), auto="structured")
