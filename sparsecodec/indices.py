@@ -4,17 +4,25 @@ A sorted support ``idx`` (int64, strictly increasing, in ``[0, numel)``) becomes
 decodes from ``(payload, numel, k)`` alone. Coder parameters are *derived* from ``(numel, k)``,
 never sent. Wire ids (:data:`INDEX_CODERS`) are stable forever.
 
-=========  =================================================================  ====================
-coder      payload                                                            bits / log2 C(n,k)
-=========  =================================================================  ====================
-raw        k indices at ``w = max(1, (numel-1).bit_length())`` bits, MSB first  1.3 - 12 (iid)
-golomb     gaps ``idx_i - idx_{i-1} - 1``, Golomb code, Gallager-Van Voorhis m  1.002 - 1.014 (p<=0.3)
-eliasfano  Elias-Fano, ``L = floor(log2(numel/k))`` low bits, upper bitmap      1.03 - 1.5
-bitmap     arithmetic-coded bitmap (:mod:`sparsecodec.entropy_index`), O(n)     ~1 + 4.6 bits
-zstd       gaps as LEB128 varints in one magicless zstd frame (level 9)         << 1 if structured
-=========  =================================================================  ====================
+Every coder is one record of the table in :mod:`sparsecodec.index_coders` (name, wire id,
+encode, decode, exact or estimated size, measured cost), built next to its implementation and
+registered below; this module's functions only read that table. A new coder is one module
+plus one ``register_index_coder`` line.
 
-(iid supports, k >= 100, n in 1e5..1e7, varint(k) included; ``benchmarks/indices_bench.py``.)
+=========  ==  =============================================================  ====================
+coder      id  payload                                                        bits / log2 C(n,k)
+=========  ==  =============================================================  ====================
+raw        0   k indices at ``w = max(1, (numel-1).bit_length())`` bits        1.3 - 12 (iid)
+golomb     1   gaps ``idx_i - idx_{i-1} - 1``, Golomb, Gallager-Van Voorhis m  1.002 - 1.014 (p<=0.3)
+eliasfano  2   Elias-Fano, ``L = floor(log2(numel/k))`` low bits, upper bitmap  1.03 - 1.5
+bitmap     3   arithmetic-coded bitmap (:mod:`sparsecodec.entropy_index`), O(n) ~1 + 4.6 bits
+zstd       4   gaps as LEB128 varints (or u32) in one magicless zstd frame, 9   << 1 if structured
+gaps       5   arithmetic-coded gap digits, geometric model, O(k log(n/k))     ~1 + 5.2 bits
+zstd19     6   the zstd layout at level 19 (same decoder; 10-30x slower)       2-11 % below zstd
+=========  ==  =============================================================  ====================
+
+(iid supports, k >= 100, n in 1e5..1e7, varint(k) included; ``benchmarks/indices_bench.py``;
+zstd19 on structured supports, ``tests/test_index_table.py``.)
 Every bit-packed payload ends at the next byte boundary with zero padding; leftover bytes or
 non-zero padding bits are a :class:`~sparsecodec.errors.CorruptFrameError`. When ``k == 0`` or
 ``k == numel`` the support is implied by ``(numel, k)`` and every coder's payload is empty.
