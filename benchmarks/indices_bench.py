@@ -18,7 +18,7 @@ import zstandard
 from sparsecodec.bounds import topk_index_bits
 from sparsecodec.frame import encode_varint
 from sparsecodec.indices import (INDEX_CODERS, ZSTD_LEVEL, choose_index_coder, decode_indices,
-                                 encode_indices)
+                                 encode_indices, get_index_coder)
 
 __all__ = ["iid_support", "clustered_support", "strided_support", "SUPPORTS", "bench_indices",
            "bench_index_decode", "bench_index_costs"]
@@ -70,7 +70,7 @@ def _baselines(idx: np.ndarray) -> dict[str, int]:
 
 def bench_indices(ns=(10**5, 10**6, 10**7),
                   densities=(1e-5, 1e-4, 1e-3, 1e-2, 2e-2, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5),
-                  seed: int = 0) -> list[dict]:
+                  seed: int = 0, max_encode_s: float = 1.0) -> list[dict]:
     """One row per (n, density, support kind): bits of every coder and baseline vs the bound.
 
     Columns: ``k``, ``bound_bits`` = log2 C(n, k); per coder the ratio
@@ -89,11 +89,17 @@ def bench_indices(ns=(10**5, 10**6, 10**7),
                 idx = make(n, k, rng)
                 varint_bits = 8 * len(encode_varint(k))
                 bound = topk_index_bits(n, k)
-                bits = {c: varint_bits + 8 * len(encode_indices(idx, n, c)) for c in INDEX_CODERS}
+                # a coder whose table cost says > max_encode_s for this size is left out (None):
+                # zstd19 at k = 5e6 would take seconds to tens of seconds per row
+                coders = [c for c in INDEX_CODERS
+                          if get_index_coder(c).encode_cost.ns(n, k) <= 1e9 * max_encode_s]
+                bits = {c: varint_bits + 8 * len(encode_indices(idx, n, c)) for c in coders}
                 bits.update({b: v + varint_bits for b, v in _baselines(idx).items()})
                 auto = choose_index_coder(idx, n)
+                if auto not in bits:
+                    bits[auto] = varint_bits + 8 * len(encode_indices(idx, n, auto))
                 row = {"n": n, "density": density, "support": kind, "k": k, "bound_bits": bound}
-                row.update({c: bits[c] / bound for c in INDEX_CODERS})
+                row.update({c: bits[c] / bound if c in bits else None for c in INDEX_CODERS})
                 row.update(auto=auto, auto_ratio=bits[auto] / bound)
                 row.update({b: bits[b] / bound for b in ("int32", "int32_zstd", "delta_zstd")})
                 row["bits"] = bits
