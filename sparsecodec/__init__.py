@@ -39,6 +39,8 @@ _LAZY = {
     "Dense": "dense",
     "MaskCodec": "mask",
     "ErrorFeedback": "feedback",
+    "Reconstruction": "reconstruction", "SparseRecon": "reconstruction",
+    "DenseRecon": "reconstruction", "IdentityRecon": "reconstruction",
     "encode_bundle": "bundle", "decode_bundle": "bundle", "Bundle": "bundle", "Schema": "bundle",
     "decode": "generic",
     "inspect_frame": "inspect", "inspect_bundle": "inspect", "inspect_message": "inspect",
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
     from .inspect import inspect_bundle, inspect_frame, inspect_message
     from .mask import MaskCodec
     from .packed import MessageSpec, decode_packed, encode_packed
+    from .reconstruction import DenseRecon, IdentityRecon, Reconstruction, SparseRecon
     from .registry import get_codec, register_codec, registered_codecs
     from .selection import check_finite, topk_indices, topk_indices_global
     from .topk import TopK, k_for

@@ -8,8 +8,13 @@ decode it without knowing the configuration (once the codec is registered).
 A codec implements two body-level hooks, which frames, bundles and compact messages all use:
 
 * ``write_body(self, x, w, **side)``: write dtype/shape/parameters/payload of the numpy array
-  ``x`` into a :class:`~sparsecodec.FrameWriter` ``w``. It may return a reconstruction hint
-  (TopK returns ``(idx, v_hat)``, which error feedback uses to avoid decoding twice);
+  ``x`` into a :class:`~sparsecodec.FrameWriter` ``w``, and return what the decoder will
+  reconstruct, a :class:`~sparsecodec.Reconstruction` (TopK: a
+  :class:`~sparsecodec.SparseRecon`; Dense and MaskCodec, lossless: an
+  :class:`~sparsecodec.IdentityRecon`), or ``None``. For ``None`` the base class derives a
+  :class:`~sparsecodec.DenseRecon` where one is needed (:meth:`Codec.encode_with_reconstruction`,
+  bundles and compact messages under error feedback) by decoding the codec's own frame or body
+  once; a codec that knows its reconstruction saves that decode;
 * ``read_body(cls, r, out=None, **side) -> ndarray`` (a classmethod): read the same from a
   :class:`~sparsecodec.FrameReader` ``r`` that has already consumed the wire id, treating every
   byte as hostile (raise :class:`~sparsecodec.FrameError` subclasses, never crash).
@@ -30,8 +35,9 @@ import numpy as np
 from ._arrays import as_numpy
 from .errors import ConfigError, CorruptFrameError
 from .frame import DEFAULT_MAX_NUMEL, Frame, FrameReader, FrameWriter
+from .reconstruction import DenseRecon, Reconstruction, as_reconstruction
 
-__all__ = ["Codec"]
+__all__ = ["Codec", "body_reconstruction"]
 
 # (public hook, legacy private name): a class that defines one gets the other as an alias, so
 # callers using either name (bundles call ``_write_body``) reach the same implementation.
@@ -49,7 +55,8 @@ class Codec(abc.ABC):
     the ``"id"`` of :meth:`get_config`) and ``wire_id`` (the byte that names the codec in a
     frame; user codecs take 64..123, see :data:`sparsecodec.registry.USER_WIRE_IDS`), and
     implement :meth:`write_body` and :meth:`read_body`. :meth:`encode`, :meth:`decode`,
-    :meth:`encode_and_reconstruct`, :meth:`get_config` and :meth:`from_config` come with it.
+    :meth:`encode_with_reconstruction`, :meth:`encode_and_reconstruct`, :meth:`get_config` and
+    :meth:`from_config` come with it.
     Decorate the class with :func:`sparsecodec.register_codec` so that
     :func:`sparsecodec.decode`, :func:`sparsecodec.get_codec` and bundles find it.
 
@@ -108,8 +115,12 @@ class Codec(abc.ABC):
         Start with ``w.tensor_header(dtype, shape)`` (it writes nothing when a bundle schema
         already fixes them), then the codec's parameters and payload, each in a named section
         (``"header"``, ``"index"``, ``"values"``...): the sections are the frame's bit breakdown.
-        Reject inputs the codec cannot code with :class:`~sparsecodec.ConfigError`. The
-        return value, if any, is a reconstruction hint that bundles pass on.
+        Reject inputs the codec cannot code with :class:`~sparsecodec.ConfigError`.
+
+        Return the :class:`~sparsecodec.Reconstruction` the decoder will produce, bit for bit
+        (``IdentityRecon(x)`` for a lossless codec, ``SparseRecon``, ``DenseRecon``), or
+        ``None``: the base class then decodes the frame (or bundle body) once where the
+        reconstruction is needed. Anything else is a ``TypeError``.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement write_body")
 
@@ -140,19 +151,43 @@ class Codec(abc.ABC):
 
         ``bytes(frame)`` is what travels; ``frame.sections`` is its exact bit breakdown.
         """
-        x = as_numpy(x)
-        w = FrameWriter(self.wire_id, checksum=self.checksum)
-        self.write_body(x, w, **side)
-        return w.finish(numel=int(np.size(x)), codec_id=self.codec_id)
+        return self._encode_body(x, side)[1]
+
+    def encode_with_reconstruction(self, x: Any, **side: Any) -> tuple[Frame, Reconstruction]:
+        """Encode and also return what the decoder will reconstruct, as a typed object.
+
+        The reconstruction is what :meth:`write_body` returned; when it returned ``None``, a
+        :class:`~sparsecodec.DenseRecon` (``decoded=True``) of this frame decoded once.
+
+        >>> import numpy as np, sparsecodec as sc
+        >>> frame, recon = sc.Dense().encode_with_reconstruction(np.ones(3, np.float32))
+        >>> type(recon).__name__, recon.to_dense().tolist()
+        ('IdentityRecon', [1.0, 1.0, 1.0])
+        """
+        x, frame, recon = self._encode_body(x, side)
+        if recon is None:
+            limit = max(int(np.size(x)), DEFAULT_MAX_NUMEL)   # our own frame: any size we wrote
+            recon = DenseRecon(self.decode(frame, max_numel=limit, **side), decoded=True)
+        return frame, recon
 
     def encode_and_reconstruct(self, x: Any, **side: Any) -> tuple[Frame, np.ndarray]:
-        """Encode and also return what the decoder will reconstruct.
+        """Encode and also return what the decoder will reconstruct, as a new array.
 
-        The default decodes the frame; codecs that know their reconstruction cheaply
-        (TopK, Dense) override it so error feedback does not decode twice.
+        :meth:`encode_with_reconstruction` with the reconstruction made dense.
         """
-        frame = self.encode(x, **side)
-        return frame, self.decode(frame.data, **side)
+        frame, recon = self.encode_with_reconstruction(x, **side)
+        return frame, recon.to_dense()
+
+    def _encode_body(self, x: Any, side: dict) -> tuple[np.ndarray, Frame, Reconstruction | None]:
+        x = as_numpy(x)
+        w = FrameWriter(self.wire_id, checksum=self.checksum)
+        recon = as_reconstruction(self.write_body(x, w, **side), type(self).__name__)
+        frame = w.finish(numel=int(np.size(x)), codec_id=self.codec_id, meta=self._frame_meta(recon))
+        return x, frame, recon
+
+    def _frame_meta(self, recon: Reconstruction | None) -> dict[str, Any] | None:
+        """Extra ``frame.meta`` entries for a frame whose body returned ``recon`` (TopK: k)."""
+        return None
 
     def decode(self, data: Any, out: np.ndarray | None = None, *,
                max_numel: int = DEFAULT_MAX_NUMEL, **side: Any) -> np.ndarray:
@@ -198,3 +233,23 @@ class Codec(abc.ABC):
             return cls(**config)
         except TypeError as exc:
             raise ConfigError(f"bad config for codec {cls.codec_id!r}: {exc}") from None
+
+
+def body_reconstruction(codec: Codec, x: np.ndarray, result: Any, body: bytes,
+                        known: tuple | None = None, side: Any = None) -> Reconstruction:
+    """The reconstruction of one body a bundle or compact message holds.
+
+    ``result`` is what ``codec._write_body(x, ...)`` returned for ``body`` (the bytes of its
+    body-only writer, wire id first; ``known``: the schema's (dtype, shape), if any). ``None``
+    is completed by reading that body once (with the tensor's side information ``side``),
+    never the whole message.
+    """
+    recon = as_reconstruction(result, type(codec).__name__)
+    if recon is not None:
+        return recon
+    extra = {k: v for k, v in dict(side or {}).items() if v is not None}
+    r = FrameReader(body, max_numel=max(int(np.size(x)), DEFAULT_MAX_NUMEL), body_only=True,
+                    known=known)
+    x_hat = type(codec)._read_body(r, **extra)
+    r.expect_end()
+    return DenseRecon(x_hat, decoded=True)

@@ -47,11 +47,12 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ._arrays import as_numpy
-from .abc import Codec
+from .abc import Codec, body_reconstruction
 from .errors import ConfigError, CorruptFrameError, LimitExceededError, SideInfoMismatchError
 from .frame import (BUNDLE_WIRE_ID, DEFAULT_MAX_NUMEL, SCHEMA_BUNDLE_WIRE_ID, Frame, FrameReader,
                     FrameWriter, crc8)
 from .generic import check_side, side_keys
+from .reconstruction import Reconstruction
 from .registry import codec_for_wire_id
 
 __all__ = ["encode_bundle", "decode_bundle", "Bundle", "Schema"]
@@ -138,10 +139,7 @@ def global_indices(tensors: Mapping[str, np.ndarray], codec) -> dict[str, np.nda
 
     if not isinstance(codec, TopK) or codec.k == "nnz":
         raise ConfigError("scope='global' needs one TopK codec with k=<int> or density=<fraction>")
-    flats = []
-    for name, x in tensors.items():
-        x = codec._flat_input(x)
-        flats.append(x.reshape(-1))
+    flats = [codec.prepare_input(x).reshape(-1) for x in tensors.values()]
     total = sum(f.size for f in flats)
     k = codec.k_for(total)
     parts = topk_indices_global(flats, k, allow_nonfinite=codec.allow_nonfinite)
@@ -152,7 +150,7 @@ def encode_bundle(tensors: Mapping[str, Any], codec: Codec | Mapping[str, Codec]
                   scope: str = "tensor", checksum: bool = True,
                   side: Mapping[str, Mapping[str, Any]] | None = None,
                   schema: Schema | None = None,
-                  on_encoded: Callable[[str, Any], None] | None = None) -> Frame:
+                  on_encoded: Callable[[str, Reconstruction], None] | None = None) -> Frame:
     """Encode named tensors into one message.
 
     ``codec`` is one codec for all tensors or a mapping name -> codec. ``scope`` is
@@ -160,9 +158,11 @@ def encode_bundle(tensors: Mapping[str, Any], codec: Codec | Mapping[str, Codec]
     ``side`` gives side information per tensor name (``{"mask": {"p": probs}}``).
     ``schema``: send schema positions instead of names and omit per-tensor headers (the
     decoder must pass the same schema).
-    ``on_encoded(name, result)`` receives each tensor's ``(idx, v_hat)`` (TopK) or ``None``,
-    which error feedback uses to update residuals in place. ``frame.meta["tensors"]`` holds
-    each tensor's bits per section, for ledgers.
+    ``on_encoded(name, recon)`` receives each tensor's :class:`~sparsecodec.Reconstruction`
+    (what the decoder will return for it), which error feedback uses to update residuals in
+    place; a codec whose body writer returns ``None`` has its body (not the bundle) decoded
+    once for it, and only when ``on_encoded`` is given. ``frame.meta["tensors"]`` holds each
+    tensor's bits per section, for ledgers.
     """
     if scope not in ("tensor", "global"):
         raise ConfigError(f"scope must be 'tensor' or 'global', got {scope!r}")
@@ -188,7 +188,8 @@ def encode_bundle(tensors: Mapping[str, Any], codec: Codec | Mapping[str, Codec]
             pos = schema.position(name)
             known = schema.entries[pos][1:]
         body_w = FrameWriter(c.wire_id, body_only=True, known=known)
-        extra = dict((side or {}).get(name, {}))
+        given = (side or {}).get(name, {})
+        extra = dict(given)
         if name in chosen:
             extra["indices"] = chosen[name]
         try:
@@ -209,7 +210,7 @@ def encode_bundle(tensors: Mapping[str, Any], codec: Codec | Mapping[str, Codec]
         per_tensor[name] = sections
         numel += int(np.size(x))
         if on_encoded is not None:
-            on_encoded(name, result)
+            on_encoded(name, body_reconstruction(c, x, result, body, known, given))
     return w.finish(numel=numel, codec_id="bundle", meta={"tensors": per_tensor})
 
 

@@ -28,8 +28,9 @@ rank and bucket) are not counted.
 
 A rank that cannot encode its bucket (a NaN or Inf gradient, say) sends an empty frame instead
 of raising alone, which would leave the other ranks waiting in the all-gather forever; then
-every rank raises (``ConfigError``). The failing rank's residual is as it was; the other
-ranks' residuals already hold the step, so reload a checkpoint of the state before going on.
+every rank raises (``ConfigError``). The failing rank's residual is exactly as it was (restored
+bit for bit, see :mod:`sparsecodec.feedback`); the other ranks' residuals already hold the
+step, so reload a checkpoint of the state before going on.
 
 Example (one process, gloo; with several processes each rank runs the same code)::
 

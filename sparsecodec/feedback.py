@@ -1,13 +1,23 @@
 """Error feedback: residual memory that re-injects what compression dropped.
 
 ``ErrorFeedback`` keeps one residual ``e`` per stable tensor name. :meth:`ErrorFeedback.step`
-computes ``a = x + e``, encodes ``a`` with the given codec, and stores ``e = a - x_hat`` *in
-place* (no second input-sized buffer). The invariant, exact in floating point::
+computes ``a = x + e``, encodes ``a`` with the given codec, and keeps ``e = a - x_hat``, where
+``x_hat`` is the codec's typed reconstruction (:mod:`sparsecodec.reconstruction`, returned by
+its body writer while encoding): nothing is decoded, and no codec is special-cased. The
+invariant, exact in floating point for value formats marked "EF exact" in
+:mod:`sparsecodec.values` (and for lossless codecs)::
 
     x_hat + e_new == x + e_old
 
-holds because the codec's reconstruction of each kept value is within a factor 2 of it
-(see :mod:`sparsecodec.values`), so ``a - x_hat`` is computed exactly.
+holds because the reconstruction of each kept value is 0 or within a factor 2 of it, so
+``a - x_hat`` is computed exactly (Sterbenz); ``values="sign"`` documents its bound instead.
+
+Memory and failures: ``a`` is accumulated into a fresh buffer (one extra tensor-sized array
+per tensor while a step runs; for :meth:`~ErrorFeedback.step_bundle`, the whole update) and
+copied into the stored residual, in place, only once encoding succeeded. A step that raises
+(a value out of its format's range, an encoding error, a tensor that changed shape) leaves
+every residual exactly as it was, bit for bit: restored, not recomputed as ``(e + x) - x``,
+which is not ``e`` in floating point.
 
 A client that skips a round simply does not call ``step``: its residual is kept. The state
 is checkpointable with :meth:`state_dict` / :meth:`load_state_dict` (plain numpy arrays,
@@ -35,6 +45,7 @@ from ._arrays import as_numpy
 from .abc import Codec
 from .errors import ConfigError
 from .frame import Frame
+from .reconstruction import Reconstruction
 
 __all__ = ["ErrorFeedback"]
 
@@ -53,56 +64,41 @@ class ErrorFeedback:
     def names(self) -> list[str]:
         return list(self._residuals)
 
-    def _accumulate(self, name: str, x) -> np.ndarray:
-        """``e += x`` in place (creating ``e = x`` on first use); returns ``e`` (now ``a``)."""
+    def _accumulated(self, name: str, x) -> np.ndarray:
+        """A new C-contiguous array ``a = e + x`` (``x`` itself on first use); ``e`` untouched."""
         x = as_numpy(x, what=f"tensor {name!r}")
         if x.dtype not in (np.float32, np.float64):
             raise ConfigError(f"error feedback needs float32/float64 tensors, got {x.dtype} for {name!r}")
         from .selection import check_finite
 
-        check_finite(x.reshape(-1))  # before touching the state: a NaN must not poison the residual
+        check_finite(x.reshape(-1))  # a NaN must not poison the residual
         e = self._residuals.get(name)
         if e is None:
-            e = np.array(x, dtype=x.dtype, copy=True, order="C")
-            self._residuals[name] = e
-            return e
+            return np.array(x, dtype=x.dtype, copy=True, order="C")
         if e.shape != x.shape or e.dtype != x.dtype:
             raise ConfigError(
                 f"tensor {name!r} changed from {e.dtype}{e.shape} to {x.dtype}{x.shape}; "
                 "use a new name or call reset(name)")
-        np.add(e, x, out=e)
-        return e
+        return np.add(e, x)
 
-    @staticmethod
-    def _subtract_sent(e: np.ndarray, result: Any, codec: Codec, frame: Frame | None) -> None:
-        """``e -= x_hat`` in place, using the sparse reconstruction when the codec gives one."""
-        if isinstance(result, tuple) and len(result) == 2:          # TopK: (idx, v_hat)
-            idx, vhat = result
-            flat = e.reshape(-1)
-            flat[idx] -= vhat
+    def _commit(self, name: str, a: np.ndarray) -> None:
+        """Store the new residual ``a``: into the existing buffer (it stays the same object)."""
+        e = self._residuals.get(name)
+        if e is None:
+            self._residuals[name] = a
         else:
-            if frame is None:
-                raise RuntimeError("sparsecodec bug: a dense reconstruction needs the frame")
-            np.subtract(e, codec.decode(bytes(frame)), out=e)
+            np.copyto(e, a)
 
     # -- one tensor ------------------------------------------------------------------------
     def step(self, name: str, x, codec: Codec) -> Frame:
-        """Encode ``x + e`` with ``codec``; keep what was not sent. Returns the frame."""
-        x = as_numpy(x, what=f"tensor {name!r}")
-        e = self._accumulate(name, x)
-        try:
-            if hasattr(codec, "encode_sparse"):
-                frame, idx, vhat = codec.encode_sparse(e)
-                result: Any = (idx, vhat)
-            else:
-                frame, x_hat = codec.encode_and_reconstruct(e)
-                result = None
-                np.subtract(e, x_hat, out=e)
-                return frame
-        except Exception:
-            np.subtract(e, x, out=e)   # undo the accumulation (exact unless it overflowed)
-            raise
-        self._subtract_sent(e, result, codec, frame)
+        """Encode ``x + e`` with ``codec``; keep what was not sent. Returns the frame.
+
+        If encoding raises, the residual is left exactly as it was (see the module docstring).
+        """
+        a = self._accumulated(name, x)
+        frame, recon = codec.encode_with_reconstruction(a)
+        recon.apply_residual(a)          # a - x_hat: what the receiver did not get
+        self._commit(name, a)
         return frame
 
     # -- a whole model update --------------------------------------------------------------
@@ -112,43 +108,28 @@ class ErrorFeedback:
 
         With ``spec`` (a :class:`~sparsecodec.MessageSpec` both ends hold) the message is a
         compact one (:func:`~sparsecodec.encode_packed`); ``codec`` and ``scope`` must then
-        be the spec's.
+        be the spec's. Each tensor's residual is updated from the reconstruction its codec
+        reported while encoding (``on_encoded``); the message is not decoded. If anything
+        raises, no residual changes.
         """
         from .bundle import encode_bundle
 
         if spec is not None and (schema is not None or spec.scope != scope
                                  or _configs(spec, tensors) != _configs(codec, tensors)):
             raise ConfigError("step_bundle(spec=...): codec and scope must be the spec's, and no schema=")
-        tensors = {n: as_numpy(x, what=f"tensor {n!r}") for n, x in tensors.items()}
-        acc = {name: self._accumulate(name, x) for name, x in tensors.items()}
-        sent: dict[str, Any] = {}
-        try:
-            if spec is not None:
-                from .packed import encode_packed
+        acc = {name: self._accumulated(name, x) for name, x in tensors.items()}
+        sent: dict[str, Reconstruction] = {}
+        if spec is not None:
+            from .packed import encode_packed
 
-                frame = encode_packed(acc, spec, checksum=checksum,
-                                      on_encoded=lambda n, r: sent.__setitem__(n, r))
-            else:
-                frame = encode_bundle(acc, codec, scope=scope, checksum=checksum, schema=schema,
-                                      on_encoded=lambda n, r: sent.__setitem__(n, r))
-        except Exception:
-            for name, x in tensors.items():
-                np.subtract(acc[name], x, out=acc[name])
-            raise
-        decoded = None
-        for name, e in acc.items():
-            result = sent[name]
-            if isinstance(result, tuple):        # (idx, v_hat): no codec or frame needed
-                idx, vhat = result
-                e.reshape(-1)[idx] -= vhat
-            else:   # a codec without a sparse reconstruction: use what the receiver will see
-                if decoded is None:
-                    from .bundle import decode_bundle
-                    from .packed import decode_packed
-
-                    decoded = (decode_packed(bytes(frame), spec) if spec is not None
-                               else decode_bundle(bytes(frame), schema=schema))
-                np.subtract(e, decoded[name], out=e)
+            frame = encode_packed(acc, spec, checksum=checksum, on_encoded=sent.__setitem__)
+        else:
+            frame = encode_bundle(acc, codec, scope=scope, checksum=checksum, schema=schema,
+                                  on_encoded=sent.__setitem__)
+        for name, a in acc.items():
+            sent[name].apply_residual(a)
+        for name, a in acc.items():
+            self._commit(name, a)
         return frame
 
     # -- checkpointing ---------------------------------------------------------------------

@@ -53,6 +53,7 @@ from ._arrays import as_numpy
 from .abc import Codec
 from .errors import ConfigError, CorruptFrameError, SideInfoMismatchError
 from .frame import Frame, FrameReader, FrameWriter
+from .reconstruction import IdentityRecon
 from .models import (MODEL_ADAPTIVE, MODEL_FIXED, MODEL_NAMES, MODEL_PER_ENTRY, PROB_ONE,
                      as_probability_vector, choose_lanes, decode_adaptive,
                      decode_bernoulli_lanes, encode_adaptive, encode_bernoulli_lanes,
@@ -116,7 +117,8 @@ class MaskCodec(Codec):
     def encode(self, x, **side: Any) -> Frame:
         return super().encode(as_numpy(x, what="the mask"), **side)
 
-    def _write_body(self, x, w: FrameWriter, *, p=None) -> None:
+    def _write_body(self, x, w: FrameWriter, *, p=None) -> IdentityRecon:
+        # lossless under every model (a value other than 0/1 is refused while coding)
         p = _as_p(p)
         mask, flat = _flat_mask(x)
         n = flat.size
@@ -127,7 +129,7 @@ class MaskCodec(Codec):
             w.u8(_model_byte(MODEL_ADAPTIVE, 1), "header")
             w.varint(ones, "model")
             w.raw(payload, "mask")
-            return
+            return IdentityRecon(mask)
         src: int | np.ndarray   # the fixed model's quantized p, or the per-entry vector
         if np.ndim(p) == 0:
             model, src = MODEL_FIXED, quantize_probability(p)
@@ -142,11 +144,7 @@ class MaskCodec(Codec):
             w.varint(len(payloads[0]), "mask")
         for payload in payloads:
             w.raw(payload, "mask")
-
-    def encode_and_reconstruct(self, x, **side: Any) -> tuple[Frame, np.ndarray]:
-        x = as_numpy(x, what="the mask")
-        frame = self.encode(x, **side)
-        return frame, np.array(x, copy=True)     # lossless: the reconstruction is the input
+        return IdentityRecon(mask)
 
     @classmethod
     def _read_body(cls, r: FrameReader, out: np.ndarray | None = None, *, p=None) -> np.ndarray:

@@ -53,10 +53,11 @@ from ._arrays import as_numpy
 from ._compact import (OVERHEAD, SupportEntry, attribute_overhead, close_read_sections,
                        finish_writer, open_reader, read_supports, section_adder, start_writer,
                        write_supports)
-from .abc import Codec
+from .abc import Codec, body_reconstruction
 from .bundle import Schema, _codec_for, global_indices
 from .errors import ConfigError, CorruptFrameError, LimitExceededError
 from .frame import DEFAULT_MAX_NUMEL, Frame, FrameReader, FrameWriter
+from .reconstruction import Reconstruction, SparseRecon
 from .registry import PACKED_WIRE_ID   # the registry owns every wire id
 from .values import decode_values, encode_values, value_payload_bytes
 
@@ -142,12 +143,15 @@ class _Plan:
 
 def encode_packed(tensors: Mapping[str, Any], spec: MessageSpec, *, checksum: bool = True,
                   side: Mapping[str, Mapping[str, Any]] | None = None,
-                  on_encoded: Callable[[str, Any], None] | None = None) -> Frame:
+                  on_encoded: Callable[[str, Reconstruction], None] | None = None) -> Frame:
     """Encode ``tensors`` (exactly the schema's names) as a compact message; see the module doc.
 
-    ``on_encoded(name, result)`` receives ``(idx, v_hat)`` for TopK entries and the codec's
-    body result otherwise (error feedback). ``frame.meta["tensors"]`` holds each tensor's bits
-    per section, plus ``"_bundle"`` for the message's own.
+    ``on_encoded(name, recon)`` receives each tensor's :class:`~sparsecodec.Reconstruction`,
+    in schema order, once the whole message is written (error feedback): a
+    :class:`~sparsecodec.SparseRecon` for TopK entries, the body writer's for the others (a
+    body whose writer returns ``None`` is decoded once for it, only when ``on_encoded`` is
+    given). ``frame.meta["tensors"]`` holds each tensor's bits per section, plus
+    ``"_bundle"`` for the message's own.
     """
     plan = _Plan(spec)
     names = plan.names
@@ -170,7 +174,7 @@ def encode_packed(tensors: Mapping[str, Any], spec: MessageSpec, *, checksum: bo
         else:
             for i in plan.topk:
                 c = plan.codecs[i]
-                sel[i] = c.select(c._flat_input(arrays[names[i]]).reshape(-1))
+                sel[i] = c.select(c.prepare_input(arrays[names[i]]).reshape(-1))
     except ConfigError as exc:
         raise ConfigError(f"tensor {names[i] if spec.scope != 'global' else 'update'!r}: {exc}") from None
     ks = {i: int(sel[i].size) for i in plan.topk}
@@ -188,7 +192,7 @@ def encode_packed(tensors: Mapping[str, Any], spec: MessageSpec, *, checksum: bo
     else:
         supports = [sel[i] for i in plan.topk]
     write_supports(w, plan.support_entries(ks), supports, add)
-    results: dict[str, Any] = {}
+    results: dict[str, Reconstruction] = {}
     for i in plan.topk:
         c = plan.codecs[i]
         try:
@@ -198,16 +202,20 @@ def encode_packed(tensors: Mapping[str, Any], spec: MessageSpec, *, checksum: bo
             raise ConfigError(f"tensor {names[i]!r}: {exc}") from None
         w.raw(vbytes, "values")
         add(names[i], "values", 8 * len(vbytes))
-        results[names[i]] = (sel[i], vhat)
+        x = arrays[names[i]]
+        results[names[i]] = SparseRecon(sel[i], vhat, x.shape, x.dtype)
     for i in plan.other:
         name, dtype, shape = plan.entries[i]
         c = plan.codecs[i]
         body_w = FrameWriter(c.wire_id, body_only=True, known=(dtype, shape))
+        given = (side or {}).get(name, {})
         try:
-            results[name] = c._write_body(arrays[name], body_w, **dict((side or {}).get(name, {})))
+            result = c._write_body(arrays[name], body_w, **dict(given))
         except ConfigError as exc:
             raise ConfigError(f"tensor {name!r}: {exc}") from None
         body, _ = body_w.body()
+        if on_encoded is not None:
+            results[name] = body_reconstruction(c, arrays[name], result, body, (dtype, shape), given)
         before = len(w)
         w.varint(len(body), "header")
         w.raw(body[:1], "header")                 # the body's codec wire id
@@ -222,7 +230,7 @@ def encode_packed(tensors: Mapping[str, Any], spec: MessageSpec, *, checksum: bo
                   {"tensors": per, "bound_bits": message_bound_bits(plan, ks, per)})
     if on_encoded is not None:
         for name in names:
-            on_encoded(name, results.get(name))
+            on_encoded(name, results[name])
     return frame
 
 

@@ -47,6 +47,7 @@ from .abc import Codec
 from .errors import ConfigError, CorruptFrameError
 from .frame import Frame, FrameReader, FrameWriter
 from .indices import INDEX_CODERS, choose_index_coder, decode_indices, encode_indices
+from .reconstruction import Reconstruction, SparseRecon
 from .registry import register_codec
 from .selection import check_finite, topk_indices
 from .values import VALUE_CODERS, decode_values, encode_values, value_coder_name, value_payload_bytes
@@ -128,7 +129,15 @@ class TopK(Codec):
                      k_rule=self.k_rule)
 
     # -- encoding --------------------------------------------------------------------------
-    def _flat_input(self, x) -> np.ndarray:
+    def prepare_input(self, x: Any) -> np.ndarray:
+        """``x`` as the numpy array this codec encodes: float32 or float64 (ConfigError else).
+
+        Bundles and compact messages call it before a global or per-tensor selection.
+
+        >>> import numpy as np, sparsecodec as sc
+        >>> sc.TopK(k=1).prepare_input([1.0, 2.0]).dtype
+        dtype('float64')
+        """
         x = as_numpy(x)
         if x.dtype not in _FLOATS:
             raise ConfigError(f"TopK encodes float32/float64 arrays, got {x.dtype}; convert with x.astype(np.float32)")
@@ -142,8 +151,8 @@ class TopK(Codec):
             return np.flatnonzero(flat).astype(np.int64, copy=False)
         return topk_indices(flat, self.k_for(flat.size), allow_nonfinite=self.allow_nonfinite)
 
-    def _write_body(self, x, w: FrameWriter, *, indices: np.ndarray | None = None) -> tuple:
-        x = self._flat_input(x)
+    def _write_body(self, x, w: FrameWriter, *, indices: np.ndarray | None = None) -> SparseRecon:
+        x = self.prepare_input(x)
         flat = x.reshape(-1)
         if indices is None:
             idx = self.select(flat)
@@ -153,7 +162,9 @@ class TopK(Codec):
                 check_finite(flat)
         return self._write_selected(w, x.dtype, x.shape, idx, flat[idx])
 
-    def _write_selected(self, w: FrameWriter, dtype, shape, idx: np.ndarray, vals: np.ndarray) -> tuple:
+    def _write_selected(self, w: FrameWriter, dtype, shape, idx: np.ndarray, vals: np.ndarray) -> SparseRecon:
+        """Write a selection; its reconstruction: ``idx`` (validated by ``encode_indices``,
+        strictly increasing) and the decoded values, bit-identical to the decoder's."""
         numel = int(np.prod(shape, dtype=np.int64))
         coder = self.index if self.index != "auto" else choose_index_coder(idx, numel)
         payload = encode_indices(idx, numel, coder)
@@ -164,19 +175,24 @@ class TopK(Codec):
         w.varint(idx.size, "index")
         w.raw(payload, "index")
         w.raw(vbytes, "values")
-        return idx, vhat
+        return SparseRecon(idx, vhat, tuple(shape), dtype)
+
+    def _frame_meta(self, recon: Reconstruction | None) -> dict[str, Any] | None:
+        return {"k": recon.k} if isinstance(recon, SparseRecon) else None
 
     def encode_sparse(self, x, *, indices: np.ndarray | None = None) -> tuple[Frame, np.ndarray, np.ndarray]:
         """Encode and return ``(frame, idx, v_hat)``: what the decoder will put where.
 
-        Error feedback uses this to update its residual in place without building ``x_hat``.
+        The arrays of :meth:`encode_with_reconstruction`'s :class:`~sparsecodec.SparseRecon`.
+
+        >>> import numpy as np, sparsecodec as sc
+        >>> frame, idx, v_hat = sc.TopK(k=1, values="bf16").encode_sparse(np.array([0.1, -3.3], np.float32))
+        >>> idx.tolist(), v_hat.tolist()
+        ([1], [-3.296875])
         """
-        x = as_numpy(x)
-        w = FrameWriter(self.wire_id, checksum=self.checksum)
-        idx, vhat = self._write_body(x, w, indices=indices)
-        frame = w.finish(numel=int(np.size(x)), codec_id=self.codec_id,
-                         meta={"k": int(idx.size)})
-        return frame, idx, vhat
+        frame, recon = self.encode_with_reconstruction(x, indices=indices)
+        assert isinstance(recon, SparseRecon)   # _write_body's return type
+        return frame, recon.idx, recon.values
 
     def encode_given(self, indices, values, numel: int | None = None, *,
                      shape: tuple[int, ...] | None = None, dtype="float32") -> Frame:
@@ -216,19 +232,9 @@ class TopK(Codec):
         if not self.allow_nonfinite:
             check_finite(vals, name="values")
         w = FrameWriter(self.wire_id, checksum=self.checksum)
-        self._write_selected(w, dt, shape, idx, vals)
+        recon = self._write_selected(w, dt, shape, idx, vals)
         return w.finish(numel=int(np.prod(shape, dtype=np.int64)), codec_id=self.codec_id,
-                        meta={"k": int(idx.size)})
-
-    def encode_and_reconstruct(self, x, **side: Any) -> tuple[Frame, np.ndarray]:
-        x = as_numpy(x)
-        frame, idx, vhat = self.encode_sparse(x, **side)
-        x_hat = np.zeros(x.shape, x.dtype)
-        x_hat.reshape(-1)[idx] = vhat
-        return frame, x_hat
-
-    def encode(self, x, **side: Any) -> Frame:
-        return self.encode_sparse(x, **side)[0]
+                        meta=self._frame_meta(recon))
 
     # -- decoding --------------------------------------------------------------------------
     @classmethod
