@@ -272,6 +272,28 @@ def test_kernels_match_references(data):
         assert out[pos0:pos0 + len(want)].tolist() == want
 
 
+def test_bracket_collect_flushes_band_records():
+    """More blocks with band entries than ``K.RECORDS``: their band entries are written in
+    several flushes (hypothesis inputs are too short for one), and across two arrays."""
+    x = np.random.default_rng(9).standard_normal(40_000).astype(np.float32)
+    ks, u = _keys(x)
+    lo, hi = (ks.key_dtype(np.float32(v).view(np.uint32)) for v in (1.0, 1.2))
+    out = np.zeros(x.size + 64, np.int64)
+    band_pos = np.zeros(x.size, np.int64)
+    band_key = np.zeros(x.size, ks.key_dtype)
+    state = np.zeros(2, np.int64)
+    for part, offset in ((u[:25_001], 0), (u[25_001:], 25_001)):
+        assert K.bracket_collect(part, ks.spec, False, lo, hi, offset, out, band_pos, band_key,
+                                 state) == OK
+    status, want, want_band = ref.bracket_collect_ref(x, False, int(lo), int(hi), 0, out.size,
+                                                      band_key.size, 0, 0)
+    # (one array in the reference: its blocks differ, its entries may not)
+    assert status == OK and len(want_band) > 4 * K.RECORDS
+    count, band = state.tolist()
+    assert out[:count].tolist() == want
+    assert list(zip(band_pos[:band].tolist(), band_key[:band].tolist())) == want_band
+
+
 @hyp
 @given(data=st.data())
 def test_fused_small_kernels_match_reference(data):
