@@ -76,9 +76,15 @@ def _golomb_decode(src: np.ndarray, numel: int, k: int, out: np.ndarray) -> int:
     return golomb_decode(_padded(src), src.size, numel, k, m, c, cutoff, out)
 
 
+def _golomb_encode(s: Support) -> bytes:
+    if s.golomb_payload is not None:  # the validation scan wrote it already
+        return s.golomb_payload
+    return _write(golomb_encode, s.golomb_bits, s.idx, *s.golomb)
+
+
 GOLOMB = IndexCoder(
     "golomb", 1,
-    encode=lambda s: _write(golomb_encode, s.golomb_bits, s.idx, *s.golomb),
+    encode=_golomb_encode,
     decode=_golomb_decode,
     size=lambda s: _whole_bytes(s.golomb_bits), size_exact=True,
     # a codeword has its stop bit and at least c - 1 remainder bits

@@ -46,7 +46,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ._kernels import ERR_ORDER, ERR_RANGE, OK
-from ._kernels.golomb import golomb_scan
+from ._kernels.bitio import PAD
+from ._kernels.golomb import golomb_bits_bound, golomb_scan, golomb_scan_encode
 from .errors import ConfigError
 from .index_params import golomb_parameter
 
@@ -87,7 +88,8 @@ class Support:
     ``idx`` is int64, C-contiguous, strictly increasing in ``[0, numel)``; ``golomb`` the
     ``(m, c, cutoff)`` of :func:`~sparsecodec.index_params.golomb_parameter`;
     ``golomb_bits`` the Golomb codewords' bits (before padding); ``repeats`` how many
-    neighbouring gaps are equal (the cheap structure statistic).
+    neighbouring gaps are equal (the cheap structure statistic); ``golomb_payload`` the
+    Golomb payload itself when the scan was asked to write it (``None`` otherwise).
     """
 
     idx: np.ndarray
@@ -95,6 +97,7 @@ class Support:
     golomb: tuple[int, int, int]
     golomb_bits: int
     repeats: int
+    golomb_payload: bytes | None = None
 
     @property
     def k(self) -> int:
@@ -268,9 +271,11 @@ def _raise_bad_support(status: int, idx: np.ndarray, numel: int) -> None:
     raise AssertionError(f"unexpected support status {status}")
 
 
-def scan_support(idx, numel) -> Support:
+def scan_support(idx, numel, *, golomb_payload: bool = False) -> Support:
     """Validate a support (ConfigError if it is not one) in one kernel pass that also sizes
-    its Golomb code and counts equal neighbouring gaps.
+    its Golomb code and counts equal neighbouring gaps; with ``golomb_payload``, the same
+    pass writes the Golomb codewords too (for the golomb coder and the automatic choice,
+    which would otherwise walk the support a second time to encode it).
 
     >>> s = scan_support([3, 10, 11, 500], 1000)
     >>> s.k, s.golomb, s.golomb_bits
@@ -279,7 +284,17 @@ def scan_support(idx, numel) -> Support:
     numel = count(numel, "numel")
     arr = _as_support_array(idx, numel)
     golomb = golomb_parameter(numel, arr.size)
-    status, nbits, repeats = golomb_scan(arr, numel, *golomb)
+    payload = None
+    if golomb_payload and 0 < arr.size < numel:
+        # sized for the worst valid support (the writer also refuses to overflow it)
+        out = np.zeros((golomb_bits_bound(numel, arr.size, golomb[0], golomb[1]) + 7) // 8 + PAD, np.uint8)
+        status, nbits, repeats = golomb_scan_encode(arr, numel, *golomb, out)
+        if status == OK:
+            if nbits < 0:
+                raise AssertionError(f"Golomb writer status {nbits} within its bound")
+            payload = out[:(nbits + 7) >> 3].tobytes()
+    else:
+        status, nbits, repeats = golomb_scan(arr, numel, *golomb)
     if status != OK:
         _raise_bad_support(status, arr, numel)
-    return Support(arr, numel, golomb, int(nbits), int(repeats))
+    return Support(arr, numel, golomb, int(nbits), int(repeats), payload)

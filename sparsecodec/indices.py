@@ -94,7 +94,7 @@ def encode_indices(idx: np.ndarray, numel: int, coder: str) -> bytes:
     b''
     """
     record = get_index_coder(coder)
-    support = scan_support(idx, numel)
+    support = scan_support(idx, numel, golomb_payload=record.name == "golomb")
     if support.k in (0, support.numel):
         return b""
     return record.encode(support)
@@ -108,10 +108,12 @@ def encode_indices_auto(idx: np.ndarray, numel: int, coders: Iterable[str] | Non
     >>> coder, len(payload), decode_indices(payload, 10_000, 1000, coder)[-3:].tolist()
     ('zstd', 15, [9970, 9980, 9990])
     """
-    support = scan_support(idx, numel)
+    candidates = _candidates(coders)
+    # the scan writes the Golomb payload on the way (the usual pick for large k)
+    support = scan_support(idx, numel, golomb_payload=any(c.name == "golomb" for c in candidates))
     if support.k in (0, support.numel):
         return "raw", b""
-    record, payload = _choose(support, _candidates(coders))
+    record, payload = _choose(support, candidates)
     return record.name, record.encode(support) if payload is None else payload
 
 

@@ -115,6 +115,29 @@ def test_reference_agreement(support, coder):
         assert index_payload_bits(idx, numel, coder) == 8 * len(payload)
 
 
+@settings(max_examples=15 if JITLESS else 80)
+@given(supports(max_numel=300 if JITLESS else 5000), st.integers(0, 3))
+def test_reference_agreement_fused_golomb_scan(support, damage):
+    """The scan that also writes the Golomb payload: the same bytes as the reference, the same
+    status, bits and repeats as the plain scan, also on supports that are not valid."""
+    from sparsecodec._kernels.bitio import PAD
+    from sparsecodec._kernels.golomb import golomb_bits_bound, golomb_scan, golomb_scan_encode
+
+    idx, numel = support
+    idx = idx.copy()
+    if damage and idx.size >= 2:  # 1: a repeat, 2: out of range, 3: a descent
+        i = idx.size // 2
+        idx[i] = {1: idx[i - 1], 2: numel + 5, 3: idx[i - 1] - 1}[damage]
+    m, c, cutoff = ix.golomb_parameter(numel, idx.size)
+    out = np.zeros((golomb_bits_bound(numel, idx.size, m, c) + 7) // 8 + PAD, np.uint8)
+    fused = golomb_scan_encode(idx, numel, m, c, cutoff, out)
+    assert fused == golomb_scan(idx, numel, m, c, cutoff)
+    if fused[0] == 0 and 0 < idx.size < numel:
+        assert out[:(fused[1] + 7) >> 3].tobytes() == ref.golomb_encode(idx, numel, m)
+        assert ix.encode_indices(idx, numel, "golomb") == ref.golomb_encode(idx, numel, m)
+        assert ix.encode_indices_auto(idx, numel, coders=["golomb"]) == ("golomb", ref.golomb_encode(idx, numel, m))
+
+
 @pytest.mark.parametrize("coder", KERNEL_CODERS)
 def test_reference_agreement_wide_fields(coder):
     """numel near 2**40 and 2**62: widths > 32 bits and the two-load read path."""
