@@ -52,7 +52,7 @@ from .errors import ConfigError, CorruptFrameError, LimitExceededError, SideInfo
 from .frame import (BUNDLE_WIRE_ID, DEFAULT_MAX_NUMEL, SCHEMA_BUNDLE_WIRE_ID, Frame, FrameReader,
                     FrameWriter, crc8)
 from .generic import check_side, side_keys
-from .reconstruction import Reconstruction
+from .reconstruction import Reconstruction, as_reconstruction
 from .registry import codec_for_wire_id
 
 __all__ = ["encode_bundle", "decode_bundle", "Bundle", "Schema"]
@@ -193,7 +193,7 @@ def encode_bundle(tensors: Mapping[str, Any], codec: Codec | Mapping[str, Codec]
         if name in chosen:
             extra["indices"] = chosen[name]
         try:
-            result = c._write_body(x, body_w, **extra)
+            result = as_reconstruction(c._write_body(x, body_w, **extra), type(c).__name__)
         except ConfigError as exc:   # name the tensor: a bundle holds many
             raise ConfigError(f"tensor {name!r}: {exc}") from None
         body, sections = body_w.body()

@@ -57,7 +57,7 @@ from .abc import Codec, body_reconstruction
 from .bundle import Schema, _codec_for, global_indices
 from .errors import ConfigError, CorruptFrameError, LimitExceededError
 from .frame import DEFAULT_MAX_NUMEL, Frame, FrameReader, FrameWriter
-from .reconstruction import Reconstruction, SparseRecon
+from .reconstruction import Reconstruction, SparseRecon, as_reconstruction
 from .registry import PACKED_WIRE_ID   # the registry owns every wire id
 from .values import decode_values, encode_values, value_payload_bytes
 
@@ -210,7 +210,8 @@ def encode_packed(tensors: Mapping[str, Any], spec: MessageSpec, *, checksum: bo
         body_w = FrameWriter(c.wire_id, body_only=True, known=(dtype, shape))
         given = (side or {}).get(name, {})
         try:
-            result = c._write_body(arrays[name], body_w, **dict(given))
+            result = as_reconstruction(c._write_body(arrays[name], body_w, **dict(given)),
+                                       type(c).__name__)
         except ConfigError as exc:
             raise ConfigError(f"tensor {name!r}: {exc}") from None
         body, _ = body_w.body()

@@ -167,8 +167,12 @@ def test_a_body_writer_returning_something_else_is_a_type_error():
             super().write_body(x, w, **side)
             return (np.arange(2), x[:2])             # the old free-form hint
 
-    with pytest.raises(TypeError, match="must return a sparsecodec.Reconstruction"):
-        Hint().encode_with_reconstruction(np.ones(3, np.float32))
+    x = np.ones(3, np.float32)
+    for encode in (lambda: Hint().encode(x), lambda: Hint().encode_with_reconstruction(x),
+                   lambda: sc.encode_bundle({"t": x}, Hint()),
+                   lambda: sc.encode_packed({"t": x}, sc.MessageSpec.from_tensors({"t": x}, Hint()))):
+        with pytest.raises(TypeError, match="Hint.write_body returned tuple; it must return a"):
+            encode()
 
 
 def test_apply_residual_refuses_a_target_it_cannot_update_in_place():
