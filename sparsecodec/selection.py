@@ -419,7 +419,7 @@ def _radix(xs, names, k, ks, allow, total, bucket_cap=None):
     """Exact radix select on 16-bit digits of the keys, then one collecting pass.
 
     Stops refining early when the digit bucket holding the k-th key is small enough to
-    keep (plan B on that bucket). Exact for every input: no estimate is involved.
+    keep (the bracket on that bucket). Exact for every input: no estimate is involved.
     """
     hist = np.zeros(_k.RADIX_BINS, np.int64)
     prefix = prefix_mask = 0
@@ -441,8 +441,10 @@ def _radix(xs, names, k, ks, allow, total, bucket_cap=None):
         if shift == 0:
             return _collect(xs, names, k, ks, allow, prefix, need)
         if hist[digit] <= bucket_cap:
-            pos = _plan_b(xs, names, k, ks, allow, prefix, prefix | ((1 << shift) - 1),
-                          int(hist[digit]))
+            # the counts are exact: every key above the bucket and the bucket itself fit
+            bucket = int(hist[digit])
+            pos = _plan_bracket(xs, names, k, ks, allow, prefix, prefix | ((1 << shift) - 1),
+                                k - need + bucket, bucket)
             if pos is None:
                 raise RuntimeError("sparsecodec bug: radix bucket inconsistent "
                                    "(was the array modified during selection?)")
