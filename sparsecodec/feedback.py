@@ -79,7 +79,7 @@ class ErrorFeedback:
             raise ConfigError(
                 f"tensor {name!r} changed from {e.dtype}{e.shape} to {x.dtype}{x.shape}; "
                 "use a new name or call reset(name)")
-        return np.add(e, x)
+        return np.add(e, x, out=np.empty(e.shape, e.dtype))   # out=: an array even for 0-d
 
     def _commit(self, name: str, a: np.ndarray) -> None:
         """Store the new residual ``a``: into the existing buffer (it stays the same object)."""

@@ -301,6 +301,16 @@ def test_step_bundle_decodes_nothing_and_keeps_what_was_not_sent(case, monkeypat
             check_step(u[n], olds[n], ef.residual(n), parts[n], exact=True)
 
 
+def test_zero_dimensional_and_empty_tensors_step():
+    for x in (np.array(1.5, np.float32), np.zeros((0, 3), np.float64)):
+        ef = sc.ErrorFeedback()
+        for codec in (sc.TopK(k=0), sc.TopK(density=1.0), sc.Dense()):
+            e_old = np.zeros_like(x) if ef.residual("t") is None else ef.residual("t").copy()
+            frame = ef.step("t", x, codec)
+            check_step(x, e_old, ef.residual("t"), sc.decode(bytes(frame)), exact=True)
+            assert isinstance(ef.residual("t"), np.ndarray) and ef.residual("t").shape == x.shape
+
+
 def test_step_bundle_with_a_user_codec_decodes_only_its_body(monkeypatch):
     rng = np.random.default_rng(9)
     u = update(rng)
