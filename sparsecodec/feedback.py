@@ -3,7 +3,8 @@
 ``ErrorFeedback`` keeps one residual ``e`` per stable tensor name. :meth:`ErrorFeedback.step`
 computes ``a = x + e``, encodes ``a`` with the given codec, and keeps ``e = a - x_hat``, where
 ``x_hat`` is the codec's typed reconstruction (:mod:`sparsecodec.reconstruction`, returned by
-its body writer while encoding): nothing is decoded, and no codec is special-cased. The
+its body writer while encoding): no codec is special-cased, and nothing is decoded (but the
+frame of a codec whose body writer returns ``None``, decoded once by the base class). The
 invariant, exact in floating point for value formats marked "EF exact" in
 :mod:`sparsecodec.values` (and for lossless codecs)::
 
@@ -14,7 +15,8 @@ holds because the reconstruction of each kept value is 0 or within a factor 2 of
 
 Memory and failures: ``a`` is accumulated into a fresh buffer (one extra tensor-sized array
 per tensor while a step runs; for :meth:`~ErrorFeedback.step_bundle`, the whole update) and
-copied into the stored residual, in place, only once encoding succeeded. A step that raises
+copied into the stored residual, in place, only once encoding succeeded: one more memory pass
+over the tensor than accumulating in place, plus the new buffer's page faults. A step that raises
 (a value out of its format's range, an encoding error, a tensor that changed shape) leaves
 every residual exactly as it was, bit for bit: restored, not recomputed as ``(e + x) - x``,
 which is not ``e`` in floating point.
