@@ -89,3 +89,28 @@ def test_seed_0_is_the_plain_row_and_other_seeds_get_their_own_directory(monkeyp
     assert seen["seed"] == expected
     name = sf.run_dir(SETUP, "topk-prune", seen["seed"]).name
     assert name == (f"{SETUP}_topk-prune" if expected is None else f"{SETUP}_topk-prune_seed{expected}")
+
+
+def test_value_bits_rows_read_the_ledger_and_judge_both_targets(tmp_path, monkeypatch):
+    from benchmarks import value_bits as vb
+
+    def fake(name, acc, value_bits):
+        d = tmp_path / "s" / name
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps(
+            {"final_accuracy": acc, "uplink_bits_per_client_round": 100.0 + value_bits, "rounds": 3}))
+        rows = [{"direction": "down", "nbits": 8, "tensors": {}}]
+        rows += [{"direction": "up", "nbits": 100 + value_bits,
+                  "tensors": {"a": {"index": 40, "values": value_bits // 2}, "b": {"values": value_bits // 2}}}] * 2
+        (d / "ledger.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+        (d / "values.json").write_text(json.dumps(vb._ledger_stats(d / "ledger.jsonl")))
+
+    fake("fp32_s0", 0.80, 3200)
+    fake("fp32_s1", 0.82, 3200)
+    fake("q8_s0", 0.795, 800)        # 4x, -1.5 points: bits met, accuracy not
+    fake("sign_s0", 0.80, 100)       # 32x, -1 point: both met
+    rows = {r["values"]: r for r in vb.rows_for(tmp_path / "s")}
+    assert rows["fp32"]["seeds"] == 2 and rows["fp32"]["value bits / msg"] == 3200
+    assert rows["q8"]["x fewer value bits"] == 4.0 and rows["q8"]["bits met"]
+    assert rows["q8"]["points vs fp32"] == pytest.approx(-1.5) and not rows["q8"]["accuracy met"]
+    assert rows["sign"]["bits met"] and rows["sign"]["accuracy met"]
