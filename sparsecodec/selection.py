@@ -291,9 +291,9 @@ def _select_exact(xs, names, k, ks, allow):
 
 
 def _select(xs, names, k, ks, allow):
-    """Sampled bracket ``lo <= t <= hi`` around the k-th largest key ``t``, one collecting
-    pass (plan A's bracket with hi = the largest key, or plan B when the bracket is a
-    single tied key), then the exact radix fallback if the estimate missed."""
+    """Sampled bracket ``lo <= t <= hi`` around the k-th largest key ``t`` (for small k,
+    hi is the largest key: every candidate is kept), one collecting pass (plan B when
+    the bracket is a single tied key), then the exact radix fallback if it missed."""
     total = sum(x.size for x in xs)
     sample = _sample(xs, names, ks, allow, total, k)
     m = sample.size
@@ -305,8 +305,10 @@ def _select(xs, names, k, ks, allow):
     cap = math.ceil((q + _Z * math.sqrt(q) + 2) * total / m)
     r_hi = math.floor(mu - _Z * math.sqrt(mu) - 2)
     hi = _kth_largest(top.copy(), r_hi) if r_hi >= 1 else int(ks.spec[0])
-    if lo == hi:                       # ties at the threshold: count them, store nothing
-        pos = _plan_b(xs, names, k, ks, allow, lo, hi, 0)
+    if int(np.count_nonzero(top > lo)) <= max(r_hi, 0):
+        # the sample's keys tie at lo over the whole bracket (lo == hi, or for small k no
+        # key above lo: constant or mostly-zero input): t is lo, count the ties, store nothing
+        pos = _plan_b(xs, names, k, ks, allow, lo, lo, 0)
     else:
         band = q - int(np.count_nonzero(top > hi))
         band_cap = min(math.ceil((band + _Z * math.sqrt(band) + 2) * total / m),
@@ -349,11 +351,6 @@ def _sample(xs, names, ks, allow, total, k=None):
     if pos != sample.size:
         raise RuntimeError(f"sparsecodec bug: sampled {pos} keys, expected {sample.size}")
     return sample
-
-
-def _plan_a(xs, names, k, ks, allow, lo, cap):
-    """Collect every key >= lo (at most ``cap``) and pick the exact top k among them."""
-    return _plan_bracket(xs, names, k, ks, allow, lo, int(ks.spec[0]), cap, cap)
 
 
 def _plan_bracket(xs, names, k, ks, allow, lo, hi, cap, band_cap):

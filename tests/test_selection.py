@@ -1,7 +1,8 @@
 """Exact top-k selection: the public functions against the slow definition, every path
-(heap, fused quickselect, exact partition, sampled plan A/B, radix) forced on small inputs,
-each kernel against its reference in ``tests/reference_selection.py``, adversarial inputs
-at n = 2e5, the error contract, and a pure-Python (NUMBA_DISABLE_JIT=1) rerun of a subset.
+(heap, fused quickselect, exact partition, sampled bracket or plan B, radix) forced on
+small inputs, each kernel against its reference in ``tests/reference_selection.py``,
+adversarial and clustered inputs at n = 2e5, the error contract, and a pure-Python
+(NUMBA_DISABLE_JIT=1) rerun of a subset.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ NONFINITE = [np.nan, -np.nan, np.inf, -np.inf]
 
 # Thresholds of the dispatch, shrunk so that inputs of a few hundred elements take each
 # path in turn. "sampled" makes every input above 40 elements go through the sampled
-# plan A/B (and their radix fallback) with a sample of at least 16 keys.
+# bracket or plan B (and their radix fallback) with a sample of at least 16 keys.
 PATHS = {
     "default": {},
     "heap": {"_HEAP_K": 10**9, "_TINY_N": 0},
@@ -148,9 +149,9 @@ def _keys(x):
 @hyp
 @given(data=st.data())
 def test_every_stage_is_exact_for_any_threshold(data):
-    """Plan A, plan B and the bracket either return the exact answer or None (miss),
-    whatever the threshold estimates and buffer sizes; radix select needs no estimate and
-    is always exact."""
+    """The bracket (one-sided, as for small k, and two-sided) and plan B either return the
+    exact answer or None (miss), whatever the threshold estimates and buffer sizes; radix
+    select needs no estimate and is always exact."""
     x = data.draw(vectors())
     if x.size == 0:
         return
@@ -162,7 +163,7 @@ def test_every_stage_is_exact_for_any_threshold(data):
     hi = data.draw(st.sampled_from([v for v in keys if v >= lo]))
     cap = data.draw(st.integers(0, x.size + 1))
     band_cap = data.draw(st.integers(0, x.size + 1))
-    for got in (sel._plan_a([x], ["x"], k, ks, False, lo, cap),
+    for got in (sel._plan_bracket([x], ["x"], k, ks, False, lo, int(ks.spec[0]), cap, cap),
                 sel._plan_b([x], ["x"], k, ks, False, lo, hi, cap),
                 sel._plan_bracket([x], ["x"], k, ks, False, lo, hi, cap, band_cap)):
         if got is not None:

@@ -14,6 +14,10 @@ key and every NaN becomes ``mask``, the largest key, so that all NaNs tie (lower
 whatever their payload; without it, a non-finite key makes the kernel return
 ``ERR_NONFINITE``.
 
+``tzcnt`` and ``popcnt`` are LLVM intrinsics (``_ctz``, ``_popcount``); runs with
+``NUMBA_DISABLE_JIT=1`` use their pure-Python twins, which the tests' pure-Python rerun
+checks against the same references.
+
 The wrappers in :mod:`sparsecodec.selection` size every buffer; the kernels still check
 each write against the buffer they were given and return ``ERR_OVERFLOW`` instead of
 writing past it, and every loop is bounded by the array sizes.
@@ -28,14 +32,15 @@ from numba.extending import intrinsic
 
 from . import ERR_NONFINITE, ERR_OVERFLOW, ERR_RANGE, OK, jit
 
-__all__ = ["BLOCK", "RADIX_BINS", "max_key", "first_nonfinite", "gather_keys", "topk_heap",
+__all__ = ["BLOCK", "RADIX_BINS", "RECORDS", "max_key", "first_nonfinite", "gather_keys", "topk_heap",
            "topk_small", "bracket_collect", "drop_band", "band_pass", "radix_histogram",
            "collect_threshold"]
 
 # Elements per block in the scanning kernels. A block is first reduced to its maximum key
 # (a vectorized integer max); only blocks that can contain a selected element are looked
 # at element by element. 64 keeps the fraction of blocks that must be inspected small at
-# densities around 1e-3 while the reduction still runs at memory speed.
+# densities around 1e-3 while the reduction still runs at memory speed, and a block's
+# compare results fit one uint64 mask (bracket_collect writes its set bits with tzcnt).
 BLOCK = 64
 # Radix select uses 16-bit digits: a 65536-bin int64 histogram (512 KiB) stays in L2.
 RADIX_BINS = 1 << 16
