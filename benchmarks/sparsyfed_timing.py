@@ -182,6 +182,7 @@ def cifar_section() -> list[str]:
            "`tests/test_sparsyfed_cifar.py` runs the first command with `--rounds 1` on a tiny synthetic",
            "directory in the official format, on the CPU, and at full width on a GPU where there is one.", ""]
     records = [json.loads(p.read_text()) for p in sorted(TIMING.glob("*.json"))]
+    records.sort(key=lambda r: r["rounds_timed"])          # the longest measurement last
     if not records:
         return out + ["No round has been timed yet (`python -m benchmarks.sparsyfed_timing`)."]
     out += ["### Time per round, measured on random CIFAR-shaped data",
@@ -190,22 +191,32 @@ def cifar_section() -> list[str]:
             "official layout; `... time` runs rounds of the real setting on them (accuracy meaningless) and",
             "times each client (download, 1 epoch on its 500 images, pruning, encoding; the server decoding",
             "its uplink), the server's aggregation and one evaluation on the 10,000 test images (every 5th",
-            "round). Wall time is on a 2-core machine shared with other jobs; CPU time (one torch thread)",
-            "is what the work costs uncontended.", "",
+            "round). Wall time is on a 2-core machine shared with other jobs (`uptime` showed a load average",
+            "of about 10 while these ran), so it is mostly waiting; CPU time (one torch thread) is what the",
+            "work costs uncontended.", "",
             "| setup | device | clients timed | per client, wall / CPU | server per round | evaluation (10k) "
             "| round of 10 clients + 1/5 eval, wall / CPU | 700 rounds (CPU time) |",
             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in records:
         w, c = r["estimate_wall"], r["estimate_cpu"]
-        timed = f"{r['clients_per_round_timed']} x {r['rounds_timed']} round(s)"
+        timed = f"{r['clients_per_round_timed']} per round, {r['rounds_timed']} round(s)"
         out.append(f"| {r['setup']} ({r['method']}) | {r['device']} | {timed} | {r['mean_client_seconds']:.0f} s / "
-                   f"{r['mean_client_cpu_seconds']:.0f} s | {float(np.mean(r['server_seconds_per_round'])):.1f} s | "
+                   f"{r['mean_client_cpu_seconds']:.0f} s | {float(np.mean(r['server_seconds_per_round'])):.1f} s / "
+                   f"{float(np.mean(r['server_cpu_seconds_per_round'])):.1f} s | "
                    f"{r['eval_seconds']:.0f} s / {r['eval_cpu_seconds']:.0f} s | "
                    f"{w['round_seconds_with_eval_share'] / 60:.1f} / {c['round_seconds_with_eval_share'] / 60:.1f} min"
                    f"{' (extrapolated)' if c['extrapolated_from_clients'] else ''} | "
                    f"{c['hours_for_700_rounds']:.0f} h |")
-    out += ["", "Commands: " + "; ".join(f"`{r['command']}`" for r in records) + ".",
-            "A GPU round has not been measured: no GPU was lent to this task."]
+    last = records[-1]
+    c, w = last["estimate_cpu"], last["estimate_wall"]
+    out += ["", f"So one round of the real setting costs about {c['round_seconds_with_eval_share'] / 60:.1f} minutes "
+            f"of one CPU core here ({w['round_seconds_with_eval_share'] / 60:.0f} min wall on this shared machine)"
+            + (f", extrapolated from {last['clients_per_round_timed']} timed client(s) per round to "
+               f"{last['clients_per_round_config']}" if c["extrapolated_from_clients"] else "")
+            + f"; a 700-round run about {c['hours_for_700_rounds']:.0f} CPU-hours, and a setup needs three runs",
+            "(SparsyFed, Top-K, dense). Hence the GPU. A GPU round has not been measured: no GPU was lent to this task.",
+            "", "Commands: `python -m benchmarks.sparsyfed_timing synth --out /tmp/cifar-synth`, then "
+            + "; ".join(f"`{r['command']}`" for r in records) + " (the records: `cifar_timing/*.json`)."]
     return out
 
 
