@@ -146,9 +146,11 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(check_device_name(name))
     if device.type == "cuda":
         if not torch.cuda.is_available():
+            build = (f"built for CUDA {torch.version.cuda}" if torch.version.cuda
+                     else "a CPU-only build")
             raise ConfigError(f"sim.device={name!r}, but torch sees no CUDA GPU on this machine (torch "
-                              f"{torch.__version__}, built for CUDA {torch.version.cuda}); run with --device cpu "
-                              "(sim.device='cpu'), or on a machine with an NVIDIA GPU and a CUDA build of torch")
+                              f"{torch.__version__}, {build}); run with --device cpu (sim.device='cpu'), "
+                              "or on a machine with an NVIDIA GPU and a CUDA build of torch")
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
             raise ConfigError(f"sim.device={name!r}, but this machine has {count} CUDA device(s): "
