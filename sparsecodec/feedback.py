@@ -13,13 +13,17 @@ invariant, exact in floating point for value formats marked "EF exact" in
 holds because the reconstruction of each kept value is 0 or within a factor 2 of it, so
 ``a - x_hat`` is computed exactly (Sterbenz); ``values="sign"`` documents its bound instead.
 
-Memory and failures: ``a`` is accumulated into a fresh buffer (one extra tensor-sized array
-per tensor while a step runs; for :meth:`~ErrorFeedback.step_bundle`, the whole update) and
-copied into the stored residual, in place, only once encoding succeeded: one more memory pass
-over the tensor than accumulating in place, plus the new buffer's page faults. A step that raises
-(a value out of its format's range, an encoding error, a tensor that changed shape) leaves
-every residual exactly as it was, bit for bit: restored, not recomputed as ``(e + x) - x``,
-which is not ``e`` in floating point.
+Failures and memory: a step that raises (a value out of its format's range, an encoding
+error, a tensor that changed shape) leaves every residual exactly as it was, bit for bit:
+restored, not recomputed as ``(e + x) - x``, which is not ``e`` in floating point. That takes
+a copy of the old residual: :meth:`~ErrorFeedback.step` saves ``e`` into a spare buffer, then
+accumulates ``a = e + x`` in place and copies ``e`` back only if encoding fails (one more
+memory pass than accumulating in place). The spare is kept for the next step, one for the
+whole object, as large as the largest tensor it has stepped (a DDP bucket), because faulting
+in a fresh buffer each step costs more than the copy; it is not part of the state
+(:meth:`state_dict`, pickles, deep copies). :meth:`~ErrorFeedback.step_bundle` accumulates
+each tensor into a fresh buffer and copies it into the residual once the whole message is
+written (one extra update-sized allocation while it runs).
 
 A client that skips a round simply does not call ``step``: its residual is kept. The state
 is checkpointable with :meth:`state_dict` / :meth:`load_state_dict` (plain numpy arrays,
@@ -57,6 +61,15 @@ class ErrorFeedback:
 
     def __init__(self) -> None:
         self._residuals: dict[str, np.ndarray] = {}
+        self._spare: dict[str, np.ndarray] = {}   # "buf": raw bytes step() accumulates into
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the spare buffer is scratch memory, not state: pickles and deep copies go without it
+        return {k: v for k, v in self.__dict__.items() if k != "_spare"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._spare = {}
 
     # -- residual access -------------------------------------------------------------------
     def residual(self, name: str) -> np.ndarray | None:
@@ -66,8 +79,9 @@ class ErrorFeedback:
     def names(self) -> list[str]:
         return list(self._residuals)
 
-    def _accumulated(self, name: str, x) -> np.ndarray:
-        """A new C-contiguous array ``a = e + x`` (``x`` itself on first use); ``e`` untouched."""
+    def _checked(self, name: str, x) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(x, e)``: ``x`` as a float numpy array of ``e``'s dtype and shape (``e`` is ``None``
+        on first use), checked before anything is touched."""
         x = as_numpy(x, what=f"tensor {name!r}")
         if x.dtype not in (np.float32, np.float64):
             raise ConfigError(f"error feedback needs float32/float64 tensors, got {x.dtype} for {name!r}")
@@ -75,12 +89,17 @@ class ErrorFeedback:
 
         check_finite(x.reshape(-1))  # a NaN must not poison the residual
         e = self._residuals.get(name)
-        if e is None:
-            return np.array(x, dtype=x.dtype, copy=True, order="C")
-        if e.shape != x.shape or e.dtype != x.dtype:
+        if e is not None and (e.shape != x.shape or e.dtype != x.dtype):
             raise ConfigError(
                 f"tensor {name!r} changed from {e.dtype}{e.shape} to {x.dtype}{x.shape}; "
                 "use a new name or call reset(name)")
+        return x, e
+
+    def _accumulated(self, name: str, x) -> np.ndarray:
+        """A new C-contiguous array ``a = e + x`` (a copy of ``x`` on first use); ``e`` untouched."""
+        x, e = self._checked(name, x)
+        if e is None:
+            return np.array(x, dtype=x.dtype, copy=True, order="C")
         return np.add(e, x, out=np.empty(e.shape, e.dtype))   # out=: an array even for 0-d
 
     def _commit(self, name: str, a: np.ndarray) -> None:
@@ -97,10 +116,29 @@ class ErrorFeedback:
 
         If encoding raises, the residual is left exactly as it was (see the module docstring).
         """
-        a = self._accumulated(name, x)
-        frame, recon = codec.encode_with_reconstruction(a)
-        recon.apply_residual(a)          # a - x_hat: what the receiver did not get
-        self._commit(name, a)
+        x, e = self._checked(name, x)
+        if e is None:          # a first step: the copy becomes the residual only on success
+            a = np.array(x, dtype=x.dtype, copy=True, order="C")
+            frame, recon = codec.encode_with_reconstruction(a)
+            recon.apply_residual(a)
+            self._residuals[name] = a
+            return frame
+        spare = self._spare.pop("buf", None)    # pop: atomic, so two threads never share it
+        if spare is None or spare.nbytes < e.nbytes:
+            spare = np.empty(e.nbytes, np.uint8)
+        saved = spare[:e.nbytes].view(e.dtype).reshape(e.shape)
+        np.copyto(saved, e)
+        try:
+            np.add(e, x, out=e)                  # a = e + x, in place
+            frame, recon = codec.encode_with_reconstruction(e)
+            recon.apply_residual(e)              # a - x_hat: what the receiver did not get
+        except BaseException:
+            np.copyto(e, saved)                  # restored bit for bit, not (e + x) - x
+            raise
+        finally:
+            current = self._spare.get("buf")
+            if current is None or current.nbytes < spare.nbytes:
+                self._spare["buf"] = spare
         return frame
 
     # -- a whole model update --------------------------------------------------------------
@@ -139,6 +177,7 @@ class ErrorFeedback:
         """Forget one residual (or all)."""
         if name is None:
             self._residuals.clear()
+            self._spare.clear()
         else:
             self._residuals.pop(name, None)
 

@@ -7,7 +7,9 @@ step that fails leaves the residual exactly as it was.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import pickle
 
 import numpy as np
 import pytest
@@ -379,3 +381,26 @@ def test_ddp_style_failure_keeps_the_residual_and_a_later_step_matches_a_fresh_o
     small = np.array([0.1, -0.2, 0.3, 0.4], np.float32)
     assert bytes(ef.step("0", small, sc.TopK(k=2))) == bytes(twin.step("0", small, sc.TopK(k=2)))
     assert same_bits(ef.residual("0"), twin.residual("0"))
+
+
+def test_the_spare_buffer_serves_tensors_of_any_size_and_dtype_and_is_not_state():
+    rng = np.random.default_rng(10)
+    ef = sc.ErrorFeedback()
+    shapes = [((50, 4), np.float64), ((7,), np.float32), ((300,), np.float32), ((), np.float64),
+              ((3, 3), np.float32)]
+    for rnd in range(3):            # round 0 creates the residuals; later rounds use the spare
+        for i, (shape, dtype) in enumerate(shapes):
+            name = f"t{i}"
+            x = (rng.standard_normal(shape) * 5).astype(dtype)
+            e_old = np.zeros(shape, dtype) if ef.residual(name) is None else ef.residual(name).copy()
+            frame = ef.step(name, x, sc.TopK(k=0 if x.size < 2 else 2, values="q8"))
+            check_step(x, e_old, ef.residual(name), sc.decode(bytes(frame)), exact=True)
+    assert ef._spare["buf"].nbytes == 50 * 4 * 8     # the largest tensor stepped (float64)
+    before = ef.state_dict()["residuals"]
+    with pytest.raises(sc.ConfigError):             # a failure with the spare in use restores too
+        ef.step("t2", np.full(300, 7e4, np.float32), sc.TopK(k=3, values="fp16"))
+    assert all(same_bits(ef.residual(n), before[n]) for n in before)
+    for clone in (pickle.loads(pickle.dumps(ef)), copy.deepcopy(ef)):
+        assert "buf" not in clone._spare and sorted(clone.names()) == sorted(ef.names())
+        assert all(same_bits(clone.residual(n), before[n]) for n in before)
+        clone.step("t2", np.ones(300, np.float32), sc.TopK(k=1))
