@@ -30,7 +30,7 @@ from .enumerative_rank import ENUM_MAX_K, decode_ranks, encode_ranks, radix_prod
 from .errors import (BadMagicError, ChecksumError, CorruptFrameError, TruncatedFrameError,
                      UnsupportedVersionError)
 from .frame import CRC_BYTES, FLAG_CHECKSUM, FORMAT_VERSION, MAGIC, FrameReader, FrameWriter
-from .indices import INDEX_CODERS, choose_index_coder, decode_indices, encode_indices
+from .indices import INDEX_CODERS, decode_indices, encode_indices, encode_indices_auto
 
 __all__ = ["seeded_crc", "start_writer", "finish_writer", "open_reader", "SupportEntry",
            "write_supports", "read_supports", "OVERHEAD", "section_adder", "attribute_overhead",
@@ -38,7 +38,6 @@ __all__ = ["seeded_crc", "start_writer", "finish_writer", "open_reader", "Suppor
 
 #: Key under which bits that belong to no tensor are attributed.
 OVERHEAD = "_bundle"
-_INDEX_NAMES = {v: k for k, v in INDEX_CODERS.items()}
 Add = Callable[[str, str, int], None]
 
 
@@ -171,8 +170,10 @@ def write_supports(w: FrameWriter, entries: Sequence[SupportEntry], supports: Se
     for e, idx in zip(entries, supports):
         if e.ranked:
             continue
-        coder = e.coder if e.coder != "auto" else choose_index_coder(idx, e.numel)
-        payload = encode_indices(idx, e.numel, coder)
+        if e.coder == "auto":   # one validation pass chooses and encodes
+            coder, payload = encode_indices_auto(idx, e.numel)
+        else:
+            coder, payload = e.coder, encode_indices(idx, e.numel, e.coder)
         before = len(w)
         w.u8(INDEX_CODERS[coder], "index")
         w.varint(len(payload), "index")
@@ -196,13 +197,14 @@ def read_supports(r: FrameReader, entries: Sequence[SupportEntry], add: Add) -> 
             continue
         before = r.pos
         coder_id = r.u8(f"{e.owner!r} index coder id")
-        if coder_id not in _INDEX_NAMES:
+        names = {v: k for k, v in INDEX_CODERS.items()}   # the live table: later registrations count
+        if coder_id not in names:
             raise CorruptFrameError(f"{e.owner!r}: unknown index coder id {coder_id}")
-        if e.coder != "auto" and _INDEX_NAMES[coder_id] != e.coder:
-            raise CorruptFrameError(f"{e.owner!r}: index coder {_INDEX_NAMES[coder_id]!r}, the "
+        if e.coder != "auto" and names[coder_id] != e.coder:
+            raise CorruptFrameError(f"{e.owner!r}: index coder {names[coder_id]!r}, the "
                                     f"configuration says {e.coder!r}")
         length = r.varint(f"{e.owner!r} index payload length", r.remaining)
         out[j] = decode_indices(r.take(length, f"{e.owner!r} index payload"), e.numel, e.k,
-                                _INDEX_NAMES[coder_id])
+                                names[coder_id])
         add(e.owner, "index", 8 * (r.pos - before))
     return out  # type: ignore[return-value]
