@@ -357,7 +357,8 @@ def _plan_bracket(xs, names, k, ks, allow, lo, hi, cap, band_cap):
     """One pass writes the positions of all keys >= lo (at most ``cap``) and keeps the keys
     in ``[lo, hi]`` (at most ``band_cap``, with their place in the output); when the count
     above ``hi`` is below k and the count from ``lo`` reaches it, the exact threshold is
-    found among the band keys and the band entries it rejects are removed in place.
+    found among the band keys, and the output is copied without the band entries it
+    rejects.
     Returns the k positions, or None when the bracket missed or a buffer overflowed."""
     out = np.empty(cap + _k.BLOCK, np.int64)   # + BLOCK: the kernel writes 8 at a time
     band_pos = np.empty(band_cap, np.int64)
@@ -380,12 +381,12 @@ def _plan_bracket(xs, names, k, ks, allow, lo, hi, cap, band_cap):
     keys = band_key[:band]
     t = _kth_largest(keys.copy(), need)
     eq_left = need - int(np.count_nonzero(keys > t))
-    got = _check(_k.drop_band(out, count, band_pos, band_key, band, ks.key_dtype(t), eq_left),
-                 xs, names, ks)
+    result = np.empty(k, np.int64)
+    got = _check(_k.drop_band(out, count, band_pos, band_key, band, ks.key_dtype(t), eq_left,
+                              result), xs, names, ks)
     if got != k:
         raise RuntimeError(f"sparsecodec bug: selected {got} of k={k}")
-    # a buffer much larger than the result is not handed out as the result's base
-    return out[:k] if out.size - k <= k // 8 + 4 * _k.BLOCK else out[:k].copy()
+    return result
 
 
 def _plan_b(xs, names, k, ks, allow, lo, hi, band_cap):

@@ -226,16 +226,20 @@ def test_kernels_match_references(data):
             t = data.draw(st.sampled_from([v for _, v in want_band]))
             eq_left = data.draw(st.integers(0, len(want_band)))
             kept = ref.drop_band_ref(out[:count].tolist(), want_band, t, eq_left)
-            got = K.drop_band(out, count, band_pos[bp0:], band_key[bp0:], len(want_band),
-                              kd(t), eq_left)
-            assert got == len(kept) and out[:got].tolist() == kept
+            args = (count, band_pos[bp0:], band_key[bp0:], len(want_band), kd(t), eq_left)
+            if kept:
+                assert K.drop_band(out.copy(), *args, np.zeros(len(kept) - 1, np.int64)) \
+                    == ERR_OVERFLOW
+            dest = np.zeros(len(kept) + data.draw(st.integers(0, 2)), np.int64)
+            got = K.drop_band(out.copy(), *args, dest)
+            assert got == len(kept) and dest[:got].tolist() == kept
             bad = band_pos[bp0:band].copy()
             bad[[0, -1]] = bad[[-1, 0]]          # positions out of order, or past count
             if len(want_band) > 1 and bad[0] != bad[-1]:
                 assert K.drop_band(out.copy(), count, bad, band_key[bp0:], len(want_band),
-                                   ks.spec[0], 0) == ERR_RANGE      # every entry dropped
-            assert K.drop_band(out, count, band_pos[bp0:], band_key[bp0:],
-                               band_key.size - bp0 + 1, kd(t), 0) == ERR_RANGE
+                                   ks.spec[0], 0, dest) == ERR_RANGE  # every entry dropped
+            assert K.drop_band(out.copy(), count, band_pos[bp0:], band_key[bp0:],
+                               band_key.size - bp0 + 1, kd(t), 0, dest) == ERR_RANGE
 
     # band_pass
     state0 = (data.draw(st.integers(0, 3)), data.draw(st.integers(0, 3)))
