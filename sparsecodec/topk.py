@@ -46,7 +46,7 @@ from ._arrays import as_numpy
 from .abc import Codec
 from .errors import ConfigError, CorruptFrameError
 from .frame import Frame, FrameReader, FrameWriter
-from .indices import INDEX_CODERS, choose_index_coder, decode_indices, encode_indices
+from .indices import INDEX_CODERS, decode_indices, encode_indices, encode_indices_auto
 from .reconstruction import Reconstruction, SparseRecon
 from .registry import register_codec
 from .selection import check_finite, topk_indices
@@ -55,7 +55,13 @@ from .values import VALUE_CODERS, decode_values, encode_values, value_coder_name
 __all__ = ["TopK", "k_for", "K_RULES"]
 
 K_RULES = ("round", "ceil", "flare")
-_INDEX_NAMES = {v: k for k, v in INDEX_CODERS.items()}
+
+
+def index_coder_names() -> dict[int, str]:
+    """Wire id -> index coder name, from the live table (a coder registered later decodes)."""
+    return {v: k for k, v in INDEX_CODERS.items()}
+
+
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -166,8 +172,10 @@ class TopK(Codec):
         """Write a selection; its reconstruction: ``idx`` (validated by ``encode_indices``,
         strictly increasing) and the decoded values, bit-identical to the decoder's."""
         numel = int(np.prod(shape, dtype=np.int64))
-        coder = self.index if self.index != "auto" else choose_index_coder(idx, numel)
-        payload = encode_indices(idx, numel, coder)
+        if self.index == "auto":   # one validation pass chooses and encodes
+            coder, payload = encode_indices_auto(idx, numel)
+        else:
+            coder, payload = self.index, encode_indices(idx, numel, self.index)
         vbytes, vhat = encode_values(vals, self.values, allow_nonfinite=self.allow_nonfinite)
         config = INDEX_CODERS[coder] | (VALUE_CODERS[self.values] << 4) | (0x80 if self.allow_nonfinite else 0)
         w.tensor_header(dtype, shape)
@@ -244,7 +252,8 @@ class TopK(Codec):
             raise CorruptFrameError(f"a topk frame must hold float32/float64, header says {dtype}")
         config = r.u8("config byte")
         index_id, value_id, nonfinite = config & 0x0F, (config >> 4) & 0x07, bool(config & 0x80)
-        if index_id not in _INDEX_NAMES:
+        names = index_coder_names()
+        if index_id not in names:
             raise CorruptFrameError(f"unknown index coder id {index_id}")
         vcoder = value_coder_name(value_id)
         k = r.varint("k", numel)
@@ -254,7 +263,7 @@ class TopK(Codec):
                 f"k={k} {vcoder} values need {values_len} bytes but only {r.remaining} remain: "
                 "truncated or corrupt frame")
         payload = r.take(r.remaining - values_len, "index payload")
-        idx = decode_indices(payload, numel, k, _INDEX_NAMES[index_id])
+        idx = decode_indices(payload, numel, k, names[index_id])
         vals = decode_values(r.take(values_len, "values"), k, vcoder, dtype, allow_nonfinite=nonfinite)
         if out is None:
             out = np.zeros(shape, dtype)
