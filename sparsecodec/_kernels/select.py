@@ -32,9 +32,9 @@ from numba.extending import intrinsic
 
 from . import ERR_NONFINITE, ERR_OVERFLOW, ERR_RANGE, OK, jit
 
-__all__ = ["BLOCK", "RADIX_BINS", "RECORDS", "max_key", "first_nonfinite", "gather_keys", "topk_heap",
-           "topk_small", "bracket_collect", "drop_band", "band_pass", "radix_histogram",
-           "collect_threshold"]
+__all__ = ["BLOCK", "RADIX_BINS", "RECORDS", "max_key", "first_nonfinite", "gather_keys",
+           "topk_heap", "topk_small", "bracket_collect", "drop_band", "band_pass",
+           "radix_histogram", "collect_threshold"]
 
 # Elements per block in the scanning kernels. A block is first reduced to its maximum key
 # (a vectorized integer max); only blocks that can contain a selected element are looked
