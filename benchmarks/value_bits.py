@@ -24,7 +24,8 @@ import statistics
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "values"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "values"
 PINNED_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "NPY_DISABLE_CPU_FEATURES")
 CODERS = ("fp32", "q8", "sign")
 SETTINGS = {
@@ -71,7 +72,8 @@ def run(setting: str, coders: list[str], seeds: list[int]) -> None:
                 raise SystemExit(f"the {setting} {coder} seed {seed} run failed")
             (out / "values.json").write_text(json.dumps(_ledger_stats(out / "ledger.jsonl"), indent=1) + "\n")
             env = " ".join(f"{k}={os.environ[k]!r}" for k in PINNED_ENV if k in os.environ)
-            (out / "command.txt").write_text((env + " " if env else "") + "python -m fl " + " ".join(argv) + "\n")
+            shown = [str(out.relative_to(ROOT)) if a == str(out) else a for a in argv]   # runnable anywhere
+            (out / "command.txt").write_text((env + " " if env else "") + "python -m fl " + " ".join(shown) + "\n")
             for f in list(out.iterdir()):
                 if f.name not in ("summary.json", "metrics.jsonl", "values.json", "command.txt"):
                     shutil.rmtree(f) if f.is_dir() else f.unlink()
