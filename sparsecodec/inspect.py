@@ -32,7 +32,7 @@ Bounds (never used *as* bit counts, see :mod:`sparsecodec.bounds`):
     True
     >>> w = rep.tensor("w")
     >>> (w.codec, w.shape, w.k, w.index_coder, w.value_coder, w.sections["values"])
-    ('topk', (100, 50), 50, 'golomb', 'fp32', 1600)
+    ('topk', (100, 50), 50, 'gaps', 'fp32', 1600)
     >>> round(w.bound_bits - 1600, 1) == round(sc.bounds.topk_index_bits(5000, 50), 1)
     True
 
