@@ -142,6 +142,11 @@ def test_sparse_proxskip_differs_from_proxskip_when_pruning(variant):
     assert not np.array_equal(flatten(dense.server.params), flatten(sparse.server.params))
 
 
+def test_the_default_reading_is_latent():
+    # docs/sparse_proxskip.md: chosen on the MNIST 99 % grid (benchmarks/proxskip_grid.py)
+    assert get_algorithm("sparse-proxskip").make_config().variant == "latent"
+
+
 def test_the_variants_are_three_different_algorithms():
     finals = [flatten(make_sim("sparse-proxskip", 3, "algo.sparsity=0.9", f"algo.variant='{v}'").run().params)
               for v in VARIANTS]
@@ -262,8 +267,9 @@ def test_the_uplink_point_does_not_depend_on_h_beyond_the_trajectory():
 
 
 def test_control_variates_off_is_fedavg_with_client_model_pruning():
-    off = make_sim("sparse-proxskip", 3, "algo.sparsity=0.9", "algo.control_variates=false")
-    on = make_sim("sparse-proxskip", 3, "algo.sparsity=0.9")
+    # reset (= randprox without h): each round starts from the received model, no residual
+    off = make_sim("sparse-proxskip", 3, "algo.sparsity=0.9", "algo.control_variates=false", "algo.variant='reset'")
+    on = make_sim("sparse-proxskip", 3, "algo.sparsity=0.9", "algo.variant='reset'")
     line, _ = off.step(), on.step()
     assert "server_sum_h_norm" not in line                  # no h, no invariant to report
     for _ in range(2):
