@@ -14,7 +14,8 @@ key and every NaN becomes ``mask``, the largest key, so that all NaNs tie (lower
 whatever their payload; without it, a non-finite key makes the kernel return
 ``ERR_NONFINITE``.
 
-``tzcnt`` and ``popcnt`` are LLVM intrinsics (``_ctz``, ``_popcount``); runs with
+``tzcnt`` and ``popcnt`` are LLVM intrinsics (``_ctz``, ``_popcount``, in
+:mod:`sparsecodec._kernels.select_bracket` with the one-pass kernels that use them); runs with
 ``NUMBA_DISABLE_JIT=1`` use their pure-Python twins, which the tests' pure-Python rerun
 checks against the same references.
 
@@ -25,23 +26,16 @@ writing past it, and every loop is bounded by the array sizes.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
-from numba import types
-from numba.extending import intrinsic
 
 from . import ERR_NONFINITE, ERR_OVERFLOW, ERR_RANGE, OK, jit
+from .select_bracket import (BLOCK, RECORDS, _block_max, _canon, band_pass, bracket_collect,  # noqa: F401
+                             drop_band)
 
 __all__ = ["BLOCK", "RADIX_BINS", "RECORDS", "max_key", "first_nonfinite", "gather_keys",
            "topk_heap", "topk_small", "bracket_collect", "drop_band", "band_pass",
            "radix_histogram", "collect_threshold"]
 
-# Elements per block in the scanning kernels. A block is first reduced to its maximum key
-# (a vectorized integer max); only blocks that can contain a selected element are looked
-# at element by element. 64 keeps the fraction of blocks that must be inspected small at
-# densities around 1e-3 while the reduction still runs at memory speed, and a block's
-# compare results fit one uint64 mask (bracket_collect writes its set bits with tzcnt).
-BLOCK = 64
 # Radix select uses 16-bit digits: a 65536-bin int64 histogram (512 KiB) stays in L2.
 RADIX_BINS = 1 << 16
 _DIGIT = np.uint64(RADIX_BINS - 1)
@@ -66,26 +60,6 @@ def first_nonfinite(u, spec):
         if (u[i] & mask) >= inf_key:
             return i
     return -1
-
-
-@jit(inline="always")
-def _block_max(u, mask, base, end):
-    """Max raw key of ``u[base:end]``. A full block runs a loop with a constant trip count:
-    LLVM vectorizes that reduction, and it runs about twice as fast as a loop of variable
-    length (measured), so only the last, partial block takes the general loop."""
-    m = mask ^ mask
-    if end - base == BLOCK:
-        for j in range(BLOCK):
-            m = max(m, u[base + j] & mask)
-    else:
-        for j in range(base, end):
-            m = max(m, u[j] & mask)
-    return m
-
-
-@jit
-def _canon(v, mask, inf_key):
-    return mask if v > inf_key else v
 
 
 @jit
@@ -211,305 +185,6 @@ def _kth_smallest(a, m, p):
             return a[p]
     _insertion_sort(a, lo, hi)
     return a[p]
-
-
-# numba sets DISABLE_JIT at import (from NUMBA_DISABLE_JIT); its config module does not declare it
-if getattr(numba.config, "DISABLE_JIT", 0):
-    def _ctz(word):
-        """Trailing zero bits of a uint64 (64 for 0): the pure-Python twin of the intrinsic."""
-        w = int(word)
-        return (w & -w).bit_length() - 1 if w else 64
-
-    def _popcount(word):
-        """Set bits of a uint64: the pure-Python twin of the intrinsic."""
-        return int(word).bit_count()
-
-    def _drop_lowest(word):
-        """``word`` without its lowest set bit (0 stays 0, without numpy's underflow warning)."""
-        return word & (word - np.uint64(1)) if word else word
-else:
-    from numba.cpython.unsafe.numbers import trailing_zeros as _cttz
-
-    @intrinsic
-    def _ctpop(typingctx, word):
-        if word != types.uint64:
-            return None
-
-        def codegen(context, builder, signature, args):
-            return builder.ctpop(args[0])
-        return types.uint64(types.uint64), codegen
-
-    @jit(inline="always")
-    def _ctz(word):
-        """Trailing zero bits of a uint64 (64 for 0), one ``tzcnt`` instruction. An LLVM
-        intrinsic, which plain Python cannot run: NUMBA_DISABLE_JIT=1 runs get the twin
-        above. As int64: Numba would turn int64 + uint64 into float64."""
-        return np.int64(_cttz(word))
-
-    @jit(inline="always")
-    def _popcount(word):
-        """Set bits of a uint64, one ``popcnt`` instruction (see ``_ctz``)."""
-        return np.int64(_ctpop(word))
-
-    @jit(inline="always")
-    def _drop_lowest(word):
-        """``word`` without its lowest set bit (``blsr``; 0 wraps harmlessly to 0)."""
-        return word & (word - np.uint64(1))
-
-
-_ONE = np.uint64(1)
-
-
-@jit(inline="always")
-def _block_bits(u, mask, inf_key, allow, base, end, lo, hi):
-    """``(status, at_least, above)``: bit j of ``at_least`` is set when key ``base + j``
-    is ``>= lo``, of ``above`` when it is ``> hi``. The element loop for a block that is
-    partial or holds a NaN/Inf (canonicalized, or ``ERR_NONFINITE``)."""
-    at_least = np.uint64(0)
-    above = np.uint64(0)
-    for j in range(end - base):
-        v = u[base + j] & mask
-        if v >= inf_key:
-            if not allow:
-                return ERR_NONFINITE, at_least, above
-            v = _canon(v, mask, inf_key)
-        at_least |= np.uint64(v >= lo) << np.uint64(j)
-        above |= np.uint64(v > hi) << np.uint64(j)
-    return OK, at_least, above
-
-
-# Blocks with band entries are recorded, and their band entries written RECORDS blocks at a
-# time in a separate loop while their data is still in L2: interleaved with the writing
-# loop of bracket_collect, that work made the whole pass 1.4x slower (measured, density 0.1).
-RECORDS = 256
-
-
-@jit(inline="always")
-def _emit(idx, at_least, out, pos):
-    """Write ``idx + j`` for each set bit j of ``at_least`` to ``out[pos:]``; return the new
-    ``pos`` or ``ERR_OVERFLOW``. The bits are written 8 per turn (the writes past the last
-    one are junk, overwritten later), so the loop exit is predictable."""
-    count = _popcount(at_least)
-    if pos + ((count + 7) & ~7) > out.size:
-        return ERR_OVERFLOW
-    first = pos
-    bits = at_least
-    while True:
-        out[pos] = idx + _ctz(bits)
-        bits = _drop_lowest(bits)
-        out[pos + 1] = idx + _ctz(bits)
-        bits = _drop_lowest(bits)
-        out[pos + 2] = idx + _ctz(bits)
-        bits = _drop_lowest(bits)
-        out[pos + 3] = idx + _ctz(bits)
-        bits = _drop_lowest(bits)
-        out[pos + 4] = idx + _ctz(bits)
-        bits = _drop_lowest(bits)
-        out[pos + 5] = idx + _ctz(bits)
-        bits = _drop_lowest(bits)
-        out[pos + 6] = idx + _ctz(bits)
-        bits = _drop_lowest(bits)
-        out[pos + 7] = idx + _ctz(bits)
-        bits = _drop_lowest(bits)
-        pos += 8
-        if bits == 0:
-            break
-    return first + count
-
-
-@jit(inline="always")
-def _flush_band(u, mask, inf_key, rec, rec_bits, r, band_pos, band_key, bp):
-    """Write the band entries of the ``r`` recorded blocks (``rec[i]``: the block's start
-    and the position of its first entry in out; ``rec_bits[i]``: its ``at_least`` and band
-    bits). The caller has checked that they fit."""
-    for i in range(r):
-        base = rec[i, 0]
-        first = rec[i, 1]
-        at_least = rec_bits[i, 0]
-        bits = rec_bits[i, 1]
-        while bits != 0:
-            j = _ctz(bits)
-            band_pos[bp] = first + _popcount(at_least & ((_ONE << np.uint64(j)) - _ONE))
-            band_key[bp] = _canon(u[base + j] & mask, mask, inf_key)
-            bp += 1
-            bits = _drop_lowest(bits)
-    return bp
-
-
-@jit
-def bracket_collect(u, spec, allow, lo, hi, offset, out, band_pos, band_key, state):
-    """Append ``offset + i`` for every key ``>= lo`` to ``out``, in index order; for each
-    of them whose key is also ``<= hi`` (the *band*), append its position in ``out`` to
-    ``band_pos`` and its key to ``band_key``.
-
-    ``state = [entries in out, entries in the band]`` is read and updated, so several
-    arrays can be passed in turn. Returns ``OK``, ``ERR_NONFINITE``, ``ERR_RANGE`` or
-    ``ERR_OVERFLOW``: a band entry would not fit, or a block's entries, rounded up to a
-    multiple of 8, would not fit in ``out`` (the entries are written 8 at a time; the
-    slots past the count hold junk).
-
-    Each block of 64 keys costs one vectorized max reduction; a block that reaches ``lo``
-    is turned into 64-bit masks by vectorized compares, and its set bits are written out
-    with ``tzcnt``, 8 per iteration, so the cost per selected element is a few cycles and
-    no mispredicted branch: at density 0.1 the whole pass costs about 2 reads of the data,
-    against 5 for a branch-free compaction of every element (both measured).
-    """
-    mask, inf_key = spec
-    n = u.size
-    pos = state[0]
-    bp = state[1]
-    bcap = min(band_pos.size, band_key.size)
-    if pos < 0 or pos > out.size or bp < 0 or bp > bcap:
-        return ERR_RANGE
-    skip = min(lo, inf_key)   # a block whose max is below both holds nothing and no NaN/Inf
-    rec = np.empty((RECORDS, 2), np.int64)
-    rec_bits = np.empty((RECORDS, 2), np.uint64)
-    r = 0
-    pending = bp              # band entries so far, written or recorded
-    full = n // BLOCK
-    for b in range(full + 1):
-        base = b * BLOCK
-        if b < full:
-            m = _block_max(u, mask, base, base + BLOCK)
-            if m < skip:
-                continue
-        elif base == n:
-            break
-        else:
-            m = inf_key       # the partial last block takes the element loop
-        if m >= inf_key:
-            status, at_least, above = _block_bits(u, mask, inf_key, allow, base,
-                                                  min(base + BLOCK, n), lo, hi)
-            if status != OK:
-                return status
-            if at_least == 0:
-                continue
-        else:
-            at_least = np.uint64(0)
-            for j in range(BLOCK):
-                at_least |= np.uint64((u[base + j] & mask) >= lo) << np.uint64(j)
-            above = np.uint64(0)
-            if m > hi:
-                for j in range(BLOCK):
-                    above |= np.uint64((u[base + j] & mask) > hi) << np.uint64(j)
-        first = pos
-        pos = _emit(offset + base, at_least, out, pos)
-        if pos < 0:
-            return pos
-        band = at_least & ~above
-        pending += _popcount(band)
-        if pending > bcap:
-            return ERR_OVERFLOW
-        rec[r, 0] = base      # recorded always, kept if the block has band entries: no branch
-        rec[r, 1] = first
-        rec_bits[r, 0] = at_least
-        rec_bits[r, 1] = band
-        r += band != 0
-        if r == RECORDS:
-            bp = _flush_band(u, mask, inf_key, rec, rec_bits, r, band_pos, band_key, bp)
-            r = 0
-    bp = _flush_band(u, mask, inf_key, rec, rec_bits, r, band_pos, band_key, bp)
-    state[0] = pos
-    state[1] = bp
-    return OK
-
-
-@jit
-def drop_band(out, count, band_pos, band_key, band, t, eq_left, dest):
-    """Write ``out[:count]`` to ``dest`` in order, leaving out the band entries that are not
-    chosen: of the band, the entries with key ``> t`` stay, and the first ``eq_left`` with
-    key ``== t`` (band order is index order: the lower index wins ties). Returns the number
-    written; ``ERR_OVERFLOW`` when ``dest`` is too small; ``ERR_RANGE`` when the arguments
-    are inconsistent (positions must increase and lie below ``count``; the entries of
-    ``out`` must be >= 0). ``out`` is overwritten.
-
-    Dropped entries are first overwritten with -1 in ``out``, then one branch-free pass
-    copies the rest: about half of the band is dropped, in random order, so a branch per
-    entry or a copy loop per gap would be mispredicted half of the time (2-3x slower,
-    measured). Writing to a new, exact ``dest`` instead of compacting in place lets the
-    large ``out`` be freed at once (and its memory reused by the caller's next buffers).
-    """
-    if count < 0 or count > out.size or band < 0 or band > min(band_pos.size, band_key.size):
-        return ERR_RANGE
-    first = count             # the first dropped position
-    prev = -1
-    kept = count
-    for i in range(band):
-        p = band_pos[i]
-        if p <= prev or p >= count or out[p] < 0:
-            return ERR_RANGE
-        prev = p
-        v = band_key[i]
-        tie = v == t
-        keep = (v > t) | (tie & (eq_left > 0))
-        eq_left -= np.int64(tie & keep)
-        kept -= np.int64(not keep)
-        out[p] |= np.int64(keep) - 1           # -1 when dropped
-        first = min(first, count if keep else p)
-    if kept > dest.size:
-        return ERR_OVERFLOW
-    for j in range(first):
-        dest[j] = out[j]
-    end = count
-    while end > first and out[end - 1] < 0:
-        end -= 1              # then out[end - 1] is kept: every write below lands < kept
-    w = first
-    for j in range(first, end):
-        v = out[j]
-        dest[w] = v
-        w += v >= 0
-    return w
-
-
-@jit
-def band_pass(u, spec, allow, lo, hi, out_key, state):
-    """Count keys ``> hi`` and keys in ``[lo, hi]``; keep the first band keys in ``out_key``.
-
-    ``state[0]`` (band count, may exceed ``out_key.size``: the surplus is counted, not
-    stored) and ``state[1]`` (count above ``hi``) are read and updated, so several arrays
-    can be passed in turn. Returns ``OK`` or a status code.
-    """
-    mask, inf_key = spec
-    n = u.size
-    cap = out_key.size
-    c = state[0]
-    above = state[1]
-    if c < 0 or above < 0:
-        return ERR_RANGE
-    for b in range((n + BLOCK - 1) // BLOCK):  # not range(0, n, BLOCK): 3x slower
-        base = b * BLOCK
-        end = min(base + BLOCK, n)
-        m = _block_max(u, mask, base, end)
-        if m >= inf_key:
-            if not allow:
-                return ERR_NONFINITE
-            m = _canon(m, mask, inf_key)
-        if m < lo:
-            continue
-        full = end - base == BLOCK and m < inf_key
-        if full and c + BLOCK <= cap:
-            for j in range(BLOCK):
-                v = u[base + j] & mask
-                above += v > hi
-                out_key[c] = v
-                c += (v >= lo) & (v <= hi)
-        elif full and c >= cap:
-            for j in range(BLOCK):
-                v = u[base + j] & mask
-                above += v > hi
-                c += (v >= lo) & (v <= hi)
-        else:
-            for j in range(base, end):
-                v = _canon(u[j] & mask, mask, inf_key)
-                if v > hi:
-                    above += 1
-                elif v >= lo:
-                    if c < cap:
-                        out_key[c] = v
-                    c += 1
-    state[0] = c
-    state[1] = above
-    return OK
 
 
 @jit
