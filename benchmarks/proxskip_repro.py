@@ -4,6 +4,12 @@
     python -m benchmarks.proxskip_repro run t4 sparse-proxskip --sparsity 0.99
     python -m benchmarks.proxskip_repro run t5 fedavg-topk --sparsity 0.9 --rounds 300
     python -m benchmarks.proxskip_repro table                         # README.md + plots
+    python -m benchmarks.proxskip_repro grid --rounds 100             # issue 19: the readings, MNIST 99 %
+    python -m benchmarks.proxskip_repro grid-table                    # mnist_grid/TABLE.md + plots
+
+The ``grid`` commands live in ``benchmarks/proxskip_grid.py`` (its docstring says what they run
+and measure). The configs pin ``algo.sparse-proxskip.variant = "reset"``, the reading the rows
+of ``run`` were made with (docs/sparse_proxskip.md); the grid names each reading itself.
 
 Methods: ``proxskip`` (dense), ``sparse-proxskip`` (client TopK + STE), ``sparse-proxskip-local``
 (the same with ``local = true``), ``sparse-proxskip-server`` (server TopK, the failing
@@ -58,7 +64,7 @@ TASKS = {
 }
 METHODS = ("proxskip", "sparse-proxskip", "sparse-proxskip-local", "sparse-proxskip-server",
            "fedavg-topk", "ec", "sparse-proxskip-noh")
-LABELS = {"proxskip": "ProxSkip (dense)", "sparse-proxskip": "Sparse-ProxSkip",
+LABELS = {"proxskip": "ProxSkip (dense)", "sparse-proxskip": "Sparse-ProxSkip (reset)",
           "sparse-proxskip-local": "Sparse-ProxSkip-Local",
           "sparse-proxskip-noh": "ablation: Sparse-ProxSkip with h = 0 (FedAvg + client model TopK)",
           "sparse-proxskip-server": "ProxSkip + server TopK", "fedavg-topk": "FedAvg + TopK",
@@ -430,7 +436,7 @@ def main(argv=None) -> None:
     sub.add_parser("table")
     from . import proxskip_grid as grid      # the issue-19 grid: benchmarks/proxskip_grid.py
 
-    g = sub.add_parser("grid", help="run the missing cells of the MNIST 99 % grid")
+    g = sub.add_parser("grid", help="run the missing cells of the MNIST 99 %% grid")
     g.add_argument("--methods", nargs="+", default=list(grid.GRID), choices=list(grid.GRID))
     g.add_argument("--seeds", nargs="+", type=int, default=list(grid.SEEDS))
     g.add_argument("--rounds", type=int, default=grid.ROUNDS)
