@@ -395,7 +395,7 @@ def grid_plots(grid: dict) -> list[Path]:
         ax.plot(np.arange(2, n + 2), np.maximum(mean, 1e-3), label=LABELS[m], lw=1)
     ax.set_yscale("log")
     ax.set_xlabel("round")
-    ax.set_ylabel("fraction of the k-support new since the previous round (0 drawn at 1e-3)")
+    ax.set_ylabel("new fraction of the k-support (0 drawn at 1e-3)")
     ax.set_title("MNIST 99 %: support change of TopK_k(global) per round (mean over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
