@@ -151,9 +151,11 @@ def _check_nan_on_one_rank(rank: int) -> None:
 
 def _worker(rank: int, init: str, out: str) -> None:
     torch.set_num_threads(1)
-    # a short timeout: a hook that leaves a rank waiting fails the test instead of hanging it
+    # a bounded timeout: a hook that leaves a rank waiting fails the test instead of hanging
+    # it; 300 s, not 60, because on a loaded 2-core machine one rank can wait that long for
+    # the other to be scheduled (a 60 s timeout aborted a correct run at load 10)
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=60))
+                            timeout=datetime.timedelta(seconds=300))
     try:
         _check_hook(rank, out)
         _check_density_one(rank)
