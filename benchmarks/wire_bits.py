@@ -42,6 +42,10 @@ SETTINGS = {
                    "--rounds", "20", "--set", "sim.clients_per_round=5"],
 }
 NOTES = {
+    "demo": "The sparse-proxskip rows were made with the `reset` reading, Sparse-ProxSkip's default "
+            "until issue 19 made it `latent` (`docs/sparse_proxskip.md`); rerunning them needs "
+            "`--set algo.sparse-proxskip.variant='reset'` (the bits also moved by under 0.1 % with "
+            "issue 18's index-coder choice).",
     "flare-t2": "Both runs were made in one session on one machine (`eval_every` 10, so the accuracy "
                 "column is round 30's). Against the committed 300-round run "
                 "(`benchmarks/results/flare/cnn_flare.metrics.jsonl`, another machine) the train loss "
