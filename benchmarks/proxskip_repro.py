@@ -99,8 +99,15 @@ def row_name(task: str, method: str, sparsity: float | None, tag: str = "") -> s
 
 
 def label(d: dict) -> str:
-    """A row's label: the method's, plus its tag (a variant run with extra ``--set`` options)."""
-    return LABELS[d["method"]] + (f" [{d['tag']}]" if d.get("tag") else "")
+    """A row's label: the method's, plus its tag (a variant run with extra ``--set`` options).
+
+    A tag naming a Sparse-ProxSkip reading replaces the configs' pinned ``(reset)``.
+    """
+    base = LABELS[d["method"]]
+    tag = d.get("tag")
+    if tag in ("latent", "randprox") and base.endswith("(reset)"):
+        return base.replace("(reset)", f"({tag})")
+    return base + (f" [{tag}]" if tag else "")
 
 
 # -- measurements made alongside a run ---------------------------------------------------------
