@@ -105,8 +105,9 @@ def label(d: dict) -> str:
     """
     base = LABELS[d["method"]]
     tag = d.get("tag")
-    if tag in ("latent", "randprox") and base.endswith("(reset)"):
-        return base.replace("(reset)", f"({tag})")
+    reading, _, rest = (tag or "").partition("-")
+    if reading in ("latent", "randprox") and base.endswith("(reset)"):
+        return base.replace("(reset)", f"({reading})") + (f" [{rest}]" if rest else "")
     return base + (f" [{tag}]" if tag else "")
 
 
