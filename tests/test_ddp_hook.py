@@ -19,7 +19,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is in the [fl] extra: pip install torch==2.13.0, then -e '.[fl]'")
 dist = pytest.importorskip("torch.distributed", reason="this torch build has no torch.distributed")
 if not dist.is_available():
-    pytest.skip("torch.distributed is not available", allow_module_level=True)
+    pytest.skip("this torch build has no distributed support (dist.is_available() is False): "
+                "pip install torch==2.13.0", allow_module_level=True)
 
 import torch.multiprocessing as mp  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402

@@ -147,7 +147,7 @@ def test_entry_point_finds_the_codecs_without_importing_them():
 
 
 def test_zarr_stores_a_mask(tmp_path):
-    zarr = pytest.importorskip("zarr", reason="zarr is not installed")
+    zarr = pytest.importorskip("zarr", reason="zarr is in the [test] extra: pip install -e '.[test]'")
     mask = np.random.default_rng(1).random((200, 500)) < 0.02
     z = zarr.create_array(str(tmp_path / "mask.zarr"), shape=mask.shape, chunks=(100, 500),
                           dtype=bool, compressors=MaskCodec(), zarr_format=2)
