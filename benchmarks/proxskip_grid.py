@@ -62,6 +62,24 @@ LABELS = {"sparse-proxskip-randprox": "Sparse-ProxSkip (c) randprox",
           "ec": "EC (TopK of delta + error feedback)", "proxskip": "ProxSkip (dense)"}
 
 
+def out_option(out: Path) -> str:
+    """`` --out DIR`` for a command line, or nothing for the default directory."""
+    if out.resolve() == OUT.resolve():
+        return ""
+    try:
+        return f" --out {out.resolve().relative_to(ROOT)}"
+    except ValueError:
+        return f" --out {out}"
+
+
+def resolve_out(arg: str | None) -> Path:
+    """``--out``: a directory, relative to the repository root; default ``mnist_grid``."""
+    if not arg:
+        return OUT
+    path = Path(arg)
+    return path if path.is_absolute() else ROOT / path
+
+
 def row_name(method: str, seed: int) -> str:
     return f"{method}_seed{seed}"
 
@@ -118,8 +136,8 @@ class GridProbe:
         self.lines[line["round"]] = extra
 
 
-def cmd_grid_run(method: str, seed: int, rounds: int) -> None:
-    """One grid cell, in this process; writes ROW.json and ROW.metrics.jsonl."""
+def cmd_grid_run(method: str, seed: int, rounds: int, out: Path = OUT) -> None:
+    """One grid cell, in this process; writes ROW.json and ROW.metrics.jsonl into ``out``."""
     from fl.config import resolve_config
     from fl.simulation import Simulation
 
@@ -133,29 +151,30 @@ def cmd_grid_run(method: str, seed: int, rounds: int) -> None:
     result = sim.run(None, on_round=probe)
     wall = time.perf_counter() - start
     lines = [{**m, **probe.lines.get(m["round"], {})} for m in result.metrics]
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     name = row_name(method, seed)
-    (OUT / f"{name}.metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    (out / f"{name}.metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
     last_eval = [m for m in lines if m.get("sparse_model_accuracy") is not None][-1]
     summary = {**result.summary, "sparse_model_accuracy": last_eval["sparse_model_accuracy"],
                "global_accuracy": last_eval["global_accuracy"]}
     digest = {"row": name, "method": method, "algorithm": algo, "seed": seed, "sparsity": SPARSITY,
-              "command": f"python -m benchmarks.proxskip_repro grid-run {method} --seed {seed} --rounds {rounds}",
+              "command": (f"python -m benchmarks.proxskip_repro grid-run {method} --seed {seed} --rounds {rounds}"
+                          + out_option(out)),
               "equivalent_cli": (f"python -m fl run --algorithm {algo} --config "
                                  f"benchmarks/configs/proxskip/{CONFIG.name}"
                                  + "".join(f" --set {_quote(s)}" for s in sets)),
               "wall_seconds": wall, "machine": machine(), "summary": summary}
-    (OUT / f"{name}.json").write_text(json.dumps(digest, indent=2) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(digest, indent=2) + "\n")
     print(f"{name}: sparse-model accuracy {summary['sparse_model_accuracy']:.4f}, "
           f"global {summary['global_accuracy']:.4f}; {wall:.0f} s", flush=True)
 
 
 def cmd_grid(methods: list[str], seeds: list[int], rounds: int, jobs: int,
-             cells: list[str] | None = None, after: list[int] = ()) -> None:
+             cells: list[str] | None = None, after: list[int] = (), out: Path = OUT) -> None:
     """Run every missing cell, ``jobs`` processes at a time (``nice -n 5``), seed-major so
     that an interrupted grid still has whole seeds; ``cells`` (``METHOD:SEED``) gives the
     cells and their order instead, and ``after`` process ids that hold a slot until they exit
-    (cells of an earlier driver still running)."""
+    (cells of an earlier driver still running). Rows go to ``out``."""
     if cells:
         pairs = [(c.rsplit(":", 1)[0], int(c.rsplit(":", 1)[1])) for c in cells]
         bad = [m for m, _ in pairs if m not in GRID]
@@ -163,11 +182,11 @@ def cmd_grid(methods: list[str], seeds: list[int], rounds: int, jobs: int,
             raise SystemExit(f"unknown method(s) {bad}; valid: {', '.join(GRID)}")
     else:
         pairs = [(m, s) for s in seeds for m in methods]
-    todo = [(m, s) for m, s in pairs if not (OUT / f"{row_name(m, s)}.json").is_file()]
+    todo = [(m, s) for m, s in pairs if not (out / f"{row_name(m, s)}.json").is_file()]
     running: list[tuple[subprocess.Popen, str]] = []
     external = list(after)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     while todo or running:
         external = [pid for pid in external if _alive(pid)]
         while todo and len(running) + len(external) < jobs:
@@ -175,7 +194,7 @@ def cmd_grid(methods: list[str], seeds: list[int], rounds: int, jobs: int,
             LOGS.mkdir(parents=True, exist_ok=True)
             log = open(LOGS / f"{row_name(m, s)}.log", "w")
             cmd = ["nice", "-n", "5", sys.executable, "-m", "benchmarks.proxskip_repro", "grid-run", m,
-                   "--seed", str(s), "--rounds", str(rounds)]
+                   "--seed", str(s), "--rounds", str(rounds), "--out", str(out)]
             running.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT),
                             row_name(m, s)))
             print(f"{time.strftime('%H:%M:%S')} started {row_name(m, s)}", flush=True)
@@ -206,14 +225,14 @@ SPARSE_UPLINK = ("sparse-proxskip-randprox", "sparse-proxskip-latent", "sparse-p
 DEFAULT = "sparse-proxskip-latent"         # the default reading (SparseProxSkipConfig.variant)
 
 
-def load_grid() -> dict[str, dict[int, dict]]:
+def load_grid(folder: Path = OUT) -> dict[str, dict[int, dict]]:
     """``{method: {seed: row}}`` with each row's metrics lines."""
     out: dict[str, dict[int, dict]] = {}
-    for path in sorted(OUT.glob("*.json")):
+    for path in sorted(folder.glob("*.json")):
         if path.name == "table.json":
             continue
         d = json.loads(path.read_text())
-        d["metrics"] = [json.loads(x) for x in (OUT / f"{d['row']}.metrics.jsonl").read_text().splitlines() if x]
+        d["metrics"] = [json.loads(x) for x in (folder / f"{d['row']}.metrics.jsonl").read_text().splitlines() if x]
         out.setdefault(d["method"], {})[d["seed"]] = d
     return out
 
@@ -312,12 +331,12 @@ def acceptance_lines(num: dict) -> list[str]:
     return out
 
 
-def cmd_grid_table() -> None:
-    grid = load_grid()
+def cmd_grid_table(out: Path = OUT) -> None:
+    grid = load_grid(out)
     if not grid:
-        raise SystemExit(f"no grid rows in {OUT}; run `python -m benchmarks.proxskip_repro grid` first")
+        raise SystemExit(f"no grid rows in {out}; run `python -m benchmarks.proxskip_repro grid` first")
     num = grid_numbers(grid)
-    (OUT / "table.json").write_text(json.dumps(num, indent=2) + "\n")
+    (out / "table.json").write_text(json.dumps(num, indent=2) + "\n")
     rounds = sorted({p["rounds"] for m in num["methods"].values() for p in m["seeds"].values()})
     head = ["method", "seeds", f"delivered k-sparse model accuracy, round {'/'.join(map(str, rounds))}",
             "mean of the last 5 evaluations", "same at equal uplink bits", "best (any eval round)", "global model as is",
@@ -335,7 +354,7 @@ def cmd_grid_table() -> None:
             f"{st['wall_seconds']['mean'] / 60:.1f} min"]) + " |")
     budget = ", ".join(f"seed {s}: {b:,.0f}" for s, b in num["budgets"].items())
     text = ["## MNIST logistic regression, 99 % sparsity (k = 78 of d = 7,850): the readings and the baselines",
-            "", "Generated by `python -m benchmarks.proxskip_repro grid-table` from `mnist_grid/*.json`.",
+            "", f"Generated by `python -m benchmarks.proxskip_repro grid-table{out_option(out)}` from `{out.name}/*.json`.",
             "Cells: mean ± sample std (min–max) over the seeds. *Delivered k-sparse model*: the global",
             "model cut to its k largest magnitudes (for the three readings that is what they deliver;",
             "the baselines are cut the same way). *Equal uplink bits*: the last evaluation within the",
@@ -349,13 +368,13 @@ def cmd_grid_table() -> None:
     for m, st in num["methods"].items():
         for s, p in st["seeds"].items():
             text.append(f"* `{p['command']}`  \n  = `{p['equivalent_cli']}`")
-    paths = grid_plots(grid)
-    text += ["", *(f"![{p.stem}](mnist_grid/{p.name})" for p in paths), ""]
-    (OUT / "TABLE.md").write_text("\n".join(text) + "\n")
-    print(f"wrote {OUT / 'TABLE.md'}, {OUT / 'table.json'} and {len(paths)} plot(s)")
+    paths = grid_plots(grid, out)
+    text += ["", *(f"![{p.stem}]({out.name}/{p.name})" for p in paths), ""]
+    (out / "TABLE.md").write_text("\n".join(text) + "\n")
+    print(f"wrote {out / 'TABLE.md'}, {out / 'table.json'} and {len(paths)} plot(s)")
 
 
-def grid_plots(grid: dict) -> list[Path]:
+def grid_plots(grid: dict, out: Path = OUT) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -381,7 +400,7 @@ def grid_plots(grid: dict) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    written.append(OUT / "accuracy_vs_uplink_bits.png")
+    written.append(out / "accuracy_vs_uplink_bits.png")
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -400,7 +419,7 @@ def grid_plots(grid: dict) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    written.append(OUT / "support_change_per_round.png")
+    written.append(out / "support_change_per_round.png")
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)
     return written

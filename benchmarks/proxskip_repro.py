@@ -451,18 +451,23 @@ def main(argv=None) -> None:
     g.add_argument("--jobs", type=int, default=2)
     g.add_argument("--cells", nargs="+", help="METHOD:SEED cells in the order to run them")
     g.add_argument("--after", nargs="+", type=int, default=[], help="pids holding a slot until they exit")
+    out_help = "results directory, relative to the repository root (default: the committed 100-round grid)"
+    g.add_argument("--out", help=out_help)
     gr = sub.add_parser("grid-run", help="one cell of the grid, in this process")
     gr.add_argument("method", choices=list(grid.GRID))
     gr.add_argument("--seed", type=int, default=0)
     gr.add_argument("--rounds", type=int, default=grid.ROUNDS)
-    sub.add_parser("grid-table", help="the grid's table (markdown + json) and plots")
+    gr.add_argument("--out", help=out_help)
+    gt = sub.add_parser("grid-table", help="the grid's table (markdown + json) and plots")
+    gt.add_argument("--out", help=out_help)
     args = parser.parse_args(argv)
     if args.command == "grid":
-        return grid.cmd_grid(args.methods, args.seeds, args.rounds, args.jobs, args.cells, args.after)
+        return grid.cmd_grid(args.methods, args.seeds, args.rounds, args.jobs, args.cells, args.after,
+                             grid.resolve_out(args.out))
     if args.command == "grid-run":
-        return grid.cmd_grid_run(args.method, args.seed, args.rounds)
+        return grid.cmd_grid_run(args.method, args.seed, args.rounds, grid.resolve_out(args.out))
     if args.command == "grid-table":
-        return grid.cmd_grid_table()
+        return grid.cmd_grid_table(grid.resolve_out(args.out))
     {"run": cmd_run, "lipschitz": cmd_lipschitz, "table": cmd_table}[args.command](args)
 
 
