@@ -12,15 +12,19 @@ compact message (wire id ``0x7D``) then carries only what the receiver cannot de
     ceil(B/8)    the small supports (k_t <= 48) of every TopK entry, ranked
                  exactly into one integer, B = ceil(log2 prod_t C(n_t, k_t))    index
     per large-k TopK entry: u8 index coder id, varint length, payload          index
-    per TopK entry: its k_t values (the codec's value coder)                   values
+    per value block: its values (the codec's value coder, one encode call)     values
+                 values_scope="tensor" (default): one block per TopK entry;
+                 values_scope="message": one per (coder, dtype, allow_nonfinite)
+                 group, its entries' values concatenated in schema order, so
+                 one q8 / q8b / sign scale per message (:mod:`._value_groups`)
     per other entry (Dense, MaskCodec, ...): varint body length, the codec's
                  body (u8 wire id, payload; no tensor header)                  header + theirs
     4            CRC-32 seeded with the spec fingerprint, when on              checksum
 
 With ``scope="global"`` the top-k is taken over all TopK entries together and the support is
 one set over their concatenation (``log2 C(sum n_t, K)`` bits, the bound of a global top-k).
-The fingerprint (CRC-32 of the schema fingerprint, every tensor's codec config and the scope)
-is not sent when the CRC is on: it seeds the CRC, so a receiver holding another spec gets a
+The fingerprint (CRC-32 of the schema fingerprint, every tensor's codec config, the scope and,
+only when it is ``"message"``, the values scope) is not sent when the CRC is on: it seeds the CRC, so a receiver holding another spec gets a
 :class:`~sparsecodec.errors.ChecksumError` that says so. The fixed cost of a message is
 72 bits (40 preamble + 32 CRC) plus under 8 bits of rank padding.
 
@@ -37,6 +41,12 @@ is not sent when the CRC is on: it seeds the CRC, so a receiver holding another 
     >>> parts = sc.decode_packed(bytes(frame), spec)
     >>> sorted(parts), int(np.count_nonzero(parts["w"]))
     (['b', 'w'], 26)
+
+A message-scoped value block shares one scale between the tensors (27 values, q8b):
+
+    >>> one = sc.MessageSpec(spec.schema, sc.TopK.flare(R=0.5, values="q8b"), values_scope="message")
+    >>> sc.encode_packed(update, one).sections["values"]        # 16 + 8 * 27
+    232
 """
 
 from __future__ import annotations
@@ -59,6 +69,7 @@ from .errors import ConfigError, CorruptFrameError, LimitExceededError
 from .frame import DEFAULT_MAX_NUMEL, Frame, FrameReader, FrameWriter
 from .reconstruction import Reconstruction, SparseRecon, as_reconstruction
 from .registry import PACKED_WIRE_ID   # the registry owns every wire id
+from ._value_groups import share_bits, value_groups
 from .values import decode_values, encode_values, value_payload_bytes
 
 __all__ = ["MessageSpec", "PACKED_WIRE_ID", "encode_packed", "decode_packed"]
@@ -68,14 +79,24 @@ Sections = dict[str, dict[str, int]]
 
 @dataclass(frozen=True)
 class MessageSpec:
-    """What both ends of a compact message know: the schema, the codec(s) and the scope.
+    """What both ends of a compact message know: the schema, the codec(s) and the scopes.
 
-    ``codec`` is one codec for every tensor or a mapping name -> codec.
+    ``codec`` is one codec for every tensor or a mapping name -> codec. ``values_scope``:
+    ``"tensor"`` (default) codes each TopK tensor's values on their own (one scale per tensor
+    for the quantized coders); ``"message"`` codes the values of all TopK tensors sharing a
+    value coder, dtype and ``allow_nonfinite`` as one block (one scale per message).
+
+        >>> import numpy as np, sparsecodec as sc
+        >>> schema = sc.Schema.from_tensors({"a": np.zeros(4, np.float32)})
+        >>> a, b = sc.MessageSpec(schema, sc.TopK(k=1)), sc.MessageSpec(schema, sc.TopK(k=1), values_scope="message")
+        >>> a.fingerprint == b.fingerprint
+        False
     """
 
     schema: Schema
     codec: Any
     scope: str = "tensor"
+    values_scope: str = "tensor"
     _fingerprint: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
@@ -83,19 +104,24 @@ class MessageSpec:
             raise ConfigError(f"schema must be a sparsecodec.Schema, got {type(self.schema).__name__}")
         if self.scope not in ("tensor", "global"):
             raise ConfigError(f"scope must be 'tensor' or 'global', got {self.scope!r}")
+        if self.values_scope not in ("tensor", "message"):
+            raise ConfigError(f"values_scope must be 'tensor' or 'message', got {self.values_scope!r}")
         configs = {name: _codec_for(self.codec, name).get_config() for name, _, _ in self.schema.entries}
-        blob = json.dumps({"schema": self.schema.fingerprint, "codecs": configs, "scope": self.scope},
-                          sort_keys=True).encode()
+        known: dict[str, Any] = {"schema": self.schema.fingerprint, "codecs": configs, "scope": self.scope}
+        if self.values_scope != "tensor":    # absent by default: older specs' fingerprints unchanged
+            known["values_scope"] = self.values_scope
+        blob = json.dumps(known, sort_keys=True).encode()
         object.__setattr__(self, "_fingerprint", zlib.crc32(blob) & 0xFFFFFFFF)
 
     @classmethod
-    def from_tensors(cls, tensors: Mapping[str, Any], codec: Any, scope: str = "tensor") -> "MessageSpec":
+    def from_tensors(cls, tensors: Mapping[str, Any], codec: Any, scope: str = "tensor",
+                     values_scope: str = "tensor") -> "MessageSpec":
         """The spec of messages carrying tensors shaped like ``tensors`` (e.g. the model)."""
-        return cls(Schema.from_tensors(tensors), codec, scope)
+        return cls(Schema.from_tensors(tensors), codec, scope, values_scope)
 
     @property
     def fingerprint(self) -> int:
-        """CRC-32 of the schema fingerprint, every tensor's codec config and the scope."""
+        """CRC-32 of the schema fingerprint, every tensor's codec config and the scope(s)."""
         return self._fingerprint
 
     def codec_for(self, name: str) -> Codec:
@@ -136,6 +162,9 @@ class _Plan:
             n = sum(self.numels[i] for i in self.topk)
             return [SupportEntry(OVERHEAD, n, c.k_for(n), c.index)]
         return [SupportEntry(self.names[i], self.numels[i], ks[i], self.codecs[i].index) for i in self.topk]
+
+    def value_groups(self) -> list[list[int]]:
+        return value_groups(self.topk, self.codecs, [e[1] for e in self.entries], self.spec.values_scope)
 
     def offsets(self) -> np.ndarray:
         return np.cumsum([0] + [self.numels[i] for i in self.topk])
@@ -193,17 +222,23 @@ def encode_packed(tensors: Mapping[str, Any], spec: MessageSpec, *, checksum: bo
         supports = [sel[i] for i in plan.topk]
     write_supports(w, plan.support_entries(ks), supports, add)
     results: dict[str, Reconstruction] = {}
-    for i in plan.topk:
-        c = plan.codecs[i]
+    for group in plan.value_groups():
+        c = plan.codecs[group[0]]
+        v = [arrays[names[i]].reshape(-1)[sel[i]] for i in group]
         try:
-            vbytes, vhat = encode_values(arrays[names[i]].reshape(-1)[sel[i]], c.values,
+            vbytes, vhat = encode_values(v[0] if len(v) == 1 else np.concatenate(v), c.values,
                                          allow_nonfinite=c.allow_nonfinite)
         except ConfigError as exc:
-            raise ConfigError(f"tensor {names[i]!r}: {exc}") from None
+            who = names[group[0]] if len(group) == 1 else [names[i] for i in group]
+            raise ConfigError(f"tensor {who!r}: {exc}") from None
         w.raw(vbytes, "values")
-        add(names[i], "values", 8 * len(vbytes))
-        x = arrays[names[i]]
-        results[names[i]] = SparseRecon(sel[i], vhat, x.shape, x.dtype)
+        gks = [ks[i] for i in group]
+        cuts = np.cumsum([0] + gks)
+        for j, (i, bits) in enumerate(zip(group, share_bits(8 * len(vbytes), gks))):
+            add(names[i], "values", bits)
+            x = arrays[names[i]]
+            # each tensor's slice of the block's v_hat: error feedback stays per tensor and exact
+            results[names[i]] = SparseRecon(sel[i], vhat[cuts[j]:cuts[j + 1]], x.shape, x.dtype)
     for i in plan.other:
         name, dtype, shape = plan.entries[i]
         c = plan.codecs[i]
@@ -272,16 +307,21 @@ def decode_packed(data, spec: MessageSpec, *, max_numel: int = DEFAULT_MAX_NUMEL
     else:
         sel = dict(zip(plan.topk, supports))
     out: dict[str, np.ndarray] = {}
-    for i in plan.topk:
-        name, dtype, shape = plan.entries[i]
-        c = plan.codecs[i]
-        nbytes = value_payload_bytes(c.values, ks[i])
-        vals = decode_values(r.take(nbytes, f"entry {name!r} values"), ks[i], c.values, np.dtype(dtype),
+    for group in plan.value_groups():
+        c = plan.codecs[group[0]]
+        gks = [ks[i] for i in group]
+        vdtype = np.dtype(plan.entries[group[0]][1])
+        nbytes = value_payload_bytes(c.values, sum(gks))
+        what = f"entry {names[group[0]]!r} values" if len(group) == 1 else f"value block of {len(group)} entries"
+        vals = decode_values(r.take(nbytes, what), sum(gks), c.values, vdtype,
                              allow_nonfinite=c.allow_nonfinite)
-        add(name, "values", 8 * nbytes)
-        x = np.zeros(shape, dtype)
-        x.reshape(-1)[sel[i]] = vals
-        out[name] = x
+        cuts = np.cumsum([0] + gks)
+        for j, (i, bits) in enumerate(zip(group, share_bits(8 * nbytes, gks))):
+            name, _, shape = plan.entries[i]
+            add(name, "values", bits)
+            x = np.zeros(shape, vdtype)
+            x.reshape(-1)[sel[i]] = vals[cuts[j]:cuts[j + 1]]
+            out[name] = x
     for i in plan.other:
         name, dtype, shape = plan.entries[i]
         before = r.pos

@@ -14,6 +14,8 @@ name       bytes (k)     rounding                                             EF
 ``bf16``   2 k           bfloat16 (top 16 bits of float32), nearest-even      yes
 ``q8``     4 + k         int8 ``round(v / s)``, one fp32 scale ``s`` per      yes
                          tensor (:mod:`sparsecodec.values_q8`)
+``q8b``    2 + k         int8 ``round(v / s)``, one bfloat16 scale ``s``      yes
+                         rounded up (:mod:`sparsecodec.values_q8b`)
 ``sign``   4 + ceil(k/8) ``±s``, ``s = mean |v|`` per tensor, scaled sign     bounded
                          (:mod:`sparsecodec.values_sign`)
 =========  ============  ===================================================  ==========
@@ -191,6 +193,6 @@ register_value_coder(ValueCoder("bf16", 2, _fixed_width(2), _bf16_encode, _bf16_
 
 #: Coders in their own modules, each registering its record on import: a new coder is one
 #: module plus one entry here.
-_CODER_MODULES = ("values_q8", "values_sign")
+_CODER_MODULES = ("values_q8", "values_sign", "values_q8b")
 for _module in _CODER_MODULES:
     importlib.import_module(f".{_module}", __package__)

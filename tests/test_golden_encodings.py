@@ -263,6 +263,22 @@ def _compact_cases():
                    lambda data, s=gspec: sc.decode_packed(data, s), _equal_all(expg))
 
 
+def _compact_values_message_case():
+    """values_scope="message": one q8b block (one bfloat16 scale) and one q8 block (issue 18)."""
+    name = "compact_values_message"
+    u = {n: a for n, a in _model(_rng(name)).items() if n != "mask"}
+    cs = {"conv.weight": sc.TopK(density=0.1, values="q8b"),
+          "conv.bias": sc.TopK(k=2, values="q8b"),
+          "fc.weight": sc.TopK.flare(R=2.0, values="q8")}
+    spec = sc.MessageSpec(sc.Schema.from_tensors(u), cs, values_scope="message")
+    exp: dict[str, np.ndarray] = {}
+    sc.encode_packed(u, spec, on_encoded=lambda n, r: exp.__setitem__(n, r.to_dense()))
+    yield Case(name, {"codecs": {n: c.get_config() for n, c in cs.items()}, "scope": "tensor",
+                      "values_scope": "message", "schema": [list(e) for e in spec.schema.entries]},
+               lambda u=u, s=spec: bytes(sc.encode_packed(u, s)),
+               lambda data, s=spec: sc.decode_packed(data, s), _equal_all(exp))
+
+
 def _patch_case():
     name = "patch"
     rng = _rng(name)
@@ -288,7 +304,7 @@ def _patch_case():
 
 def cases() -> list[Case]:
     return [*_topk_cases(), *_dense_cases(), *_mask_cases(), *_bundle_cases(), *_compact_cases(),
-            *_patch_case()]
+            *_compact_values_message_case(), *_patch_case()]
 
 
 CASES = cases()

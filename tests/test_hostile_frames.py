@@ -56,7 +56,7 @@ def _corpus(rng: np.random.Generator):
         add(f"topk-{index}", codec.encode(x), generic)
     for values in ("fp16", "bf16", "fp64"):
         add(f"topk-{values}", sc.TopK(k=9, values=values, checksum=True).encode(x64), generic)
-    for values in ("q8", "sign"):   # no checksum: mutations reach the scale and the packed values
+    for values in ("q8", "q8b", "sign"):   # no checksum: mutations reach the scale and the packed values
         add(f"topk-{values}", sc.TopK(k=13, values=values).encode(x), generic)
     add("topk-nonfinite", sc.TopK(k=3, values="bf16", allow_nonfinite=True).encode(
         np.array([np.nan, 1.0, -np.inf, 0.0], np.float32)), generic)
@@ -81,6 +81,13 @@ def _corpus(rng: np.random.Generator):
         add(f"bundle-schema-crc{checksum}",
             sc.encode_bundle(update, codecs, checksum=checksum, schema=schema),
             lambda d: sc.decode(d, max_numel=MAX_NUMEL, schema=schema))
+    # a compact message with one message-scoped q8b value block (issue 18); no CRC, so the
+    # mutations reach the block's scale and values
+    mspec = sc.MessageSpec(sc.Schema.from_tensors({"a": x, "b": x64}),
+                           sc.TopK(k=4, values="q8b"), values_scope="message")
+    add("packed-values-message", sc.encode_packed({"a": x, "b": x64.astype(np.float32).astype(np.float64)},
+                                                  mspec, checksum=False),
+        lambda d: sc.decode_packed(d, mspec, max_numel=MAX_NUMEL))
     add("bundle-global", sc.encode_bundle({"a": x, "b": x64}, sc.TopK(k=20), scope="global"),
         lambda d: sc.decode_bundle(d, max_numel=MAX_NUMEL))
     return out
