@@ -240,7 +240,7 @@ class Link:
             raise ConfigError("a message needs at least one tensor")
         checksum = self.channel.checksum
         spec = self.spec
-        if spec is not None and sc.MessageSpec(spec.schema, codec, scope).fingerprint != spec.fingerprint:
+        if spec is not None and sc.MessageSpec(spec.schema, codec, scope, spec.values_scope).fingerprint != spec.fingerprint:
             raise ConfigError("send(): codec/scope differ from the link's MessageSpec (what the "
                               "receiver expects); fix Algorithm.uplink_spec or the send call")
         if feedback is not None:

@@ -34,7 +34,7 @@ of the chosen algorithm's config, defaults included; it resolves to itself.
     >>> resolve_config(algorithm="ec", sets=["sim.clinets=3"])
     Traceback (most recent call last):
     ...
-    sparsecodec.errors.ConfigError: unknown key(s) ['clinets'] in [sim]; valid keys: clients, clients_per_round, eval_every, checkpoint_every, threads, eval_batch_size, wire, downlink, downlink_history, strict, device
+    sparsecodec.errors.ConfigError: unknown key(s) ['clinets'] in [sim]; valid keys: clients, clients_per_round, eval_every, checkpoint_every, threads, eval_batch_size, wire, values_scope, downlink, downlink_history, strict, device
 """
 
 from __future__ import annotations
@@ -77,6 +77,10 @@ class SimConfig:
     #: what both ends know, k derived where the codec fixes it) or "bundle" (self-describing
     #: bundles, as every result committed before issue 15)
     wire: str = "compact"
+    #: compact uplinks' value blocks (sparsecodec.MessageSpec(values_scope=...)): "tensor" (one
+    #: block, so one q8 / q8b / sign scale, per tensor; every result before issue 18) or
+    #: "message" (one block per value coder and dtype: one scale per message)
+    values_scope: str = "tensor"
     #: downlink: "patch" (each client gets the smaller of a lossless patch from the version it
     #: holds and the dense model, fl.downlink) or "dense" (the broadcast to everyone)
     downlink: str = "patch"
@@ -91,7 +95,8 @@ class SimConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        choices = {"wire": ("compact", "bundle"), "downlink": ("patch", "dense")}
+        choices = {"wire": ("compact", "bundle"), "values_scope": ("tensor", "message"),
+                   "downlink": ("patch", "dense")}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if f.name in choices:
@@ -107,6 +112,10 @@ class SimConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ConfigError(f"sim.{f.name} must be an int, got {v!r}")
+        if self.values_scope != "tensor" and self.wire != "compact":
+            raise ConfigError(f"sim.values_scope={self.values_scope!r} needs sim.wire='compact' (a "
+                              f"self-describing bundle codes each tensor's values on their own), got "
+                              f"sim.wire={self.wire!r}")
         if self.downlink_history < 0:
             raise ConfigError("sim.downlink_history must be >= 0")
         if self.clients < 0 or self.clients_per_round < 0 or self.checkpoint_every < 0:

@@ -37,6 +37,8 @@ bookkeeping and every client's model replica (:mod:`fl.downlink`).
 
 from __future__ import annotations
 
+import dataclasses
+
 import copy
 import json
 import logging
@@ -212,7 +214,12 @@ class Simulation:
         derived from the global model by both ends; None: self-describing bundles."""
         if self.config.sim.wire != "compact":
             return None
-        return self.algorithm.uplink_spec(global_params, self.cfg)
+        spec = self.algorithm.uplink_spec(global_params, self.cfg)
+        values_scope = self.config.sim.values_scope
+        if spec is not None and values_scope != spec.values_scope:
+            # the one place both engines (in-process and Flower, client and server) get the spec
+            spec = dataclasses.replace(spec, values_scope=values_scope)
+        return spec
 
     def initial_model(self) -> dict[str, np.ndarray]:
         """Version 0 of the global model: what ``init_server`` makes of the seeded model (every

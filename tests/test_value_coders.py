@@ -185,7 +185,7 @@ def test_fl_configs_select_value_coders_by_name(algorithm):
     from fl.algorithms import get_algorithm
 
     algo = get_algorithm(algorithm)
-    for coder in ("q8", "sign"):
+    for coder in ("q8", "q8b", "sign"):
         assert algo.make_config(values=coder).codec().values == coder
     with pytest.raises(Exception, match="q8"):      # the error lists the choices
         algo.make_config(values="q4")

@@ -203,3 +203,39 @@ def test_truncated_and_corrupted_message_blocks_raise_frame_errors():
     data = bytes(sc.encode_packed(model, _spec(model, "q8", "message")))
     with pytest.raises(FrameError):
         sc.decode_packed(data, _spec(model, "q8", "tensor"))
+
+
+# -- fl: sim.values_scope reaches the spec --------------------------------------------------
+TINY_FL = ["dataset=synthetic-logistic", "data.n_train=120", "data.n_test=30", "data.dim=12",
+           "data.num_classes=3", "model=logistic-regression", "model_options.in_features=12",
+           "model_options.num_classes=3", "model_options.init=torch_default", "rounds=1",
+           "sim.clients=4", "sim.clients_per_round=2", "algo.lr=0.2", "algo.batch_size=8",
+           "algo.ec.density=0.2", "algo.ec.values='q8b'"]
+
+
+def test_sim_values_scope_reaches_the_uplink_spec(tmp_path):
+    from fl.channel import Channel
+    from fl.config import resolve_config
+    from fl.simulation import run_simulation
+
+    sent = []
+    config = resolve_config(algorithm="ec", sets=TINY_FL + ["sim.values_scope='message'"])
+    result = run_simulation(config, tmp_path, channel=Channel(tap=lambda m, c: sent.append(m)))
+    ups = [m for m in sent if m.direction == "up"]
+    assert ups and result.ledger.total_bits() == sum(8 * len(m.data) for m in sent)
+    for msg in ups:
+        assert msg.spec.values_scope == "message"
+        info: dict = {}
+        sc.decode_packed(msg.data, msg.spec, info=info)
+        assert msg.sections["values"] == 16 + 8 * sum(info["k"].values())   # one q8b scale
+        assert sum(sum(s.values()) for s in msg.tensor_sections.values()) == 8 * len(msg.data)
+
+
+def test_sim_values_scope_is_validated():
+    from fl.config import resolve_config
+
+    with pytest.raises(ConfigError, match="'tensor', 'message'"):
+        resolve_config(algorithm="ec", sets=TINY_FL + ["sim.values_scope='layer'"])
+    with pytest.raises(ConfigError, match="sim.wire='compact'"):
+        resolve_config(algorithm="ec", sets=TINY_FL + ["sim.values_scope='message'", "sim.wire='bundle'"])
+    assert resolve_config(algorithm="ec", sets=TINY_FL).sim.values_scope == "tensor"
