@@ -2,15 +2,19 @@
 
 Runs EC (density 1e-3, the demo setting of issue 15's filing: small-cnn, 20 rounds, 5 of 10
 clients) over 3 seeds and FLARE (the T2 setting, ``benchmarks/configs/flare/cnn.toml``) to
-round 100, each with ``values = "fp32" | "q8" | "sign"``, and tabulates what the receivers read
-off the bytes (the ledger's ``values`` sections of every uplink message)::
+round 100, each with ``values = "fp32" | "q8" | "q8b" | "sign"`` and ``sim.values_scope =
+"tensor"`` (one scale per tensor; the default) or ``"message"`` (``--values-scope message``: one
+value block, so one scale, per message), and tabulates what the receivers read off the bytes
+(the ledger's ``values`` sections of every uplink message)::
 
     python -m benchmarks.value_bits run ec-demo                  # 3 seeds x 3 coders (~3 min)
     python -m benchmarks.value_bits run ec-demo-mlp              # the same on today's demo model
     python -m benchmarks.value_bits run flare-t2 --values q8     # one coder (~25 min here)
+    python -m benchmarks.value_bits run ec-demo --values q8b --values-scope message
     python -m benchmarks.value_bits report                       # README.md + results.json
 
-Results: ``benchmarks/results/values/``. Every run uses the compact uplink and the patch
+Results: ``benchmarks/results/values/<setting>/<coder>[-message]_s<seed>`` (no suffix: the
+tensor scope, as every run before the values scope existed). Every run uses the compact uplink and the patch
 downlink (the defaults) and the Makefile's SIMD pins, like ``make demo``.
 """
 
@@ -27,7 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "values"
 PINNED_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "NPY_DISABLE_CPU_FEATURES")
-CODERS = ("fp32", "q8", "sign")
+CODERS = ("fp32", "q8", "q8b", "sign")
+SCOPES = ("tensor", "message")
 SETTINGS = {
     "ec-demo": {"argv": ["run", "--algorithm", "ec", "--setting", "demo", "--model", "small-cnn",
                          "--rounds", "20", "--set", "sim.clients_per_round=5"],
@@ -41,7 +46,18 @@ SETTINGS = {
                  "section": "flare", "seeds": (0,)},
 }
 #: the acceptance of issue 18: value bits cut at least this much, accuracy within this many points
-TARGETS = {"q8": (3.5, 1.0), "sign": (20.0, 3.0)}
+TARGETS = {"q8": (3.5, 1.0), "q8b": (3.5, 1.0), "sign": (20.0, 3.0)}
+
+
+def run_name(coder: str, values_scope: str, seed: int) -> str:
+    """A run's directory name; the tensor scope keeps the name runs had before the option."""
+    return f"{coder}{'' if values_scope == 'tensor' else '-' + values_scope}_s{seed}"
+
+
+def _coder_scope(key: str) -> tuple[str, str]:
+    """(coder, values scope) of a run directory's name without its ``_s<seed>``."""
+    coder, _, scope = key.partition("-")
+    return coder, scope or "tensor"
 
 
 def _ledger_stats(ledger: Path) -> dict:
@@ -58,18 +74,20 @@ def _ledger_stats(ledger: Path) -> dict:
             "uplink_bits_mean": statistics.fmean(totals)}
 
 
-def run(setting: str, coders: list[str], seeds: list[int]) -> None:
+def run(setting: str, coders: list[str], seeds: list[int], values_scope: str = "tensor") -> None:
     from fl.cli import main as fl_main
 
     spec = SETTINGS[setting]
     for seed in seeds:
         for coder in coders:
-            out = RESULTS / setting / f"{coder}_s{seed}"
-            argv = spec["argv"] + ["--seed", str(seed), "--set", f"algo.{spec['section']}.values='{coder}'",
-                                   "--out", str(out), "--no-progress"]
+            out = RESULTS / setting / run_name(coder, values_scope, seed)
+            argv = spec["argv"] + ["--seed", str(seed), "--set", f"algo.{spec['section']}.values='{coder}'"]
+            if values_scope != "tensor":
+                argv += ["--set", f"sim.values_scope='{values_scope}'"]
+            argv += ["--out", str(out), "--no-progress"]
             print("python -m fl " + " ".join(argv), flush=True)
             if fl_main(argv) != 0:
-                raise SystemExit(f"the {setting} {coder} seed {seed} run failed")
+                raise SystemExit(f"the {setting} {coder} ({values_scope} scope) seed {seed} run failed")
             (out / "values.json").write_text(json.dumps(_ledger_stats(out / "ledger.jsonl"), indent=1) + "\n")
             env = " ".join(f"{k}={os.environ[k]!r}" for k in PINNED_ENV if k in os.environ)
             shown = [str(out.relative_to(ROOT)) if a == str(out) else a for a in argv]   # runnable anywhere
@@ -87,20 +105,22 @@ def _load(run_dir: Path) -> dict:
 
 
 def rows_for(setting_dir: Path) -> list[dict]:
-    runs: dict[str, list[dict]] = {}
+    runs: dict[tuple[str, str], list[dict]] = {}
     for d in sorted(setting_dir.iterdir()):
         if (d / "values.json").exists():
-            runs.setdefault(d.name.rsplit("_s", 1)[0], []).append(_load(d))
-    if "fp32" not in runs:
+            runs.setdefault(_coder_scope(d.name.rsplit("_s", 1)[0]), []).append(_load(d))
+    if ("fp32", "tensor") not in runs:
         return []
-    base_bits = statistics.fmean(r["value_bits_mean"] for r in runs["fp32"])
-    base_acc = statistics.fmean(r["accuracy"] for r in runs["fp32"])
+    # the baseline is fp32 with today's per-tensor values, whatever scope a row uses
+    base_bits = statistics.fmean(r["value_bits_mean"] for r in runs["fp32", "tensor"])
+    base_acc = statistics.fmean(r["accuracy"] for r in runs["fp32", "tensor"])
     rows = []
-    for coder in [c for c in CODERS if c in runs]:
-        rs = runs[coder]
+    for key in [(c, s) for s in SCOPES for c in CODERS if (c, s) in runs]:
+        rs = runs[key]
+        coder, scope = key
         accs = [r["accuracy"] for r in rs]
         bits = statistics.fmean(r["value_bits_mean"] for r in rs)
-        row = {"values": coder, "seeds": len(rs), "rounds": rs[0]["rounds"],
+        row = {"values": coder, "values scope": scope, "seeds": len(rs), "rounds": rs[0]["rounds"],
                "value bits / msg": bits, "value bits median": statistics.median(r["value_bits_median"] for r in rs),
                "x fewer value bits": base_bits / bits,
                "uplink bits / msg": statistics.fmean(r["uplink_bits_mean"] for r in rs),
@@ -115,7 +135,7 @@ def rows_for(setting_dir: Path) -> list[dict]:
     return rows
 
 
-COLUMNS = ("values", "seeds", "rounds", "value bits / msg", "x fewer value bits", "uplink bits / msg",
+COLUMNS = ("values", "values scope", "seeds", "rounds", "value bits / msg", "x fewer value bits", "uplink bits / msg",
            "accuracy (mean)", "accuracy (min-max)", "points vs fp32", "target", "bits met", "accuracy met")
 
 
@@ -164,11 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("setting", choices=sorted(SETTINGS))
     r.add_argument("--values", default=",".join(CODERS), help="comma-separated value coders")
     r.add_argument("--seeds", help="comma-separated seeds (default: the setting's)")
+    r.add_argument("--values-scope", choices=SCOPES, default="tensor",
+                   help="sim.values_scope: one value block per tensor (default) or per message")
     sub.add_parser("report")
     args = ap.parse_args(argv)
     if args.cmd == "run":
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(SETTINGS[args.setting]["seeds"])
-        run(args.setting, args.values.split(","), seeds)
+        run(args.setting, args.values.split(","), seeds, args.values_scope)
     report()
     return 0
 

@@ -114,3 +114,8 @@ def test_value_bits_rows_read_the_ledger_and_judge_both_targets(tmp_path, monkey
     assert rows["q8"]["x fewer value bits"] == 4.0 and rows["q8"]["bits met"]
     assert rows["q8"]["points vs fp32"] == pytest.approx(-1.5) and not rows["q8"]["accuracy met"]
     assert rows["sign"]["bits met"] and rows["sign"]["accuracy met"]
+    fake("q8b-message_s0", 0.81, 400)   # sim.values_scope = "message": its own row, same fp32 base
+    rows = {(r["values"], r["values scope"]): r for r in vb.rows_for(tmp_path / "s")}
+    assert rows["q8", "tensor"]["x fewer value bits"] == 4.0
+    assert rows["q8b", "message"]["x fewer value bits"] == 8.0 and rows["q8b", "message"]["bits met"]
+    assert vb.run_name("q8b", "message", 0) == "q8b-message_s0" and vb.run_name("q8", "tensor", 1) == "q8_s1"
