@@ -13,6 +13,7 @@ from sparsecodec import values as vc
 from sparsecodec.errors import ConfigError, CorruptFrameError
 
 QUANTIZED = ("q8", "sign")
+WITH_Q8B = QUANTIZED + ("q8b",)   # q8b's own crafted-payload tests: tests/test_values_scope.py
 floats32 = st.floats(-2.0**100, 2.0**100, width=32, allow_subnormal=True)
 
 
@@ -55,9 +56,9 @@ def test_q8_and_sign_sizes_and_reconstructions():
 
 @settings(max_examples=150, deadline=None)
 @given(hnp.arrays(np.float32, st.integers(1, 60), elements=floats32), st.integers(1, 60),
-       st.sampled_from(QUANTIZED))
+       st.sampled_from(WITH_Q8B))
 def test_error_feedback_invariant(x, k, coder):
-    """q8: ``x_hat + e_new == x + e_old`` exactly; sign: within one rounding of a - x_hat."""
+    """q8, q8b: ``x_hat + e_new == x + e_old`` exactly; sign: within one rounding of a - x_hat."""
     k = min(k, x.size)
     ef = sc.ErrorFeedback()
     ef.step("w", x * np.float32(0.5), sc.TopK(k=k, values=coder))   # a non-zero e_old
@@ -69,7 +70,7 @@ def test_error_feedback_invariant(x, k, coder):
     frame = ef.step("w", x, sc.TopK(k=k, values=coder))
     x_hat = sc.decode(bytes(frame))
     e_new = ef.residual("w")
-    if coder == "q8":
+    if coder in ("q8", "q8b"):
         assert np.array_equal((x_hat + e_new).view(np.uint32), a.view(np.uint32)) or \
             np.array_equal(x_hat + e_new, a)
     else:
@@ -88,7 +89,7 @@ def test_sign_residual_is_not_exact_somewhere():
     assert not np.array_equal(x_hat + ef.residual("w"), x)
 
 
-@pytest.mark.parametrize("coder", QUANTIZED)
+@pytest.mark.parametrize("coder", WITH_Q8B)
 def test_non_finite_values_are_refused_with_the_fix(coder):
     x = np.array([np.inf, 1.0, 0.0], np.float32)
     with pytest.raises(ConfigError, match="fp32"):
@@ -129,7 +130,7 @@ def test_sign_padding_bits_are_corrupt():
         sc.decode(bytes(data))
 
 
-@pytest.mark.parametrize("coder", QUANTIZED)
+@pytest.mark.parametrize("coder", WITH_Q8B)
 def test_quantized_values_in_bundles_and_compact_messages(coder):
     rng = np.random.default_rng(0)
     tensors = {"a": rng.standard_normal((30, 40)).astype(np.float32),
@@ -145,7 +146,7 @@ def test_quantized_values_in_bundles_and_compact_messages(coder):
     assert all(np.array_equal(out[n], got[n]) for n in tensors)
     # q8 / sign cut the value section of the compact message
     fp32 = sc.encode_packed(tensors, sc.MessageSpec.from_tensors(tensors, sc.TopK(density=0.1)))
-    assert msg.sections["values"] < fp32.sections["values"] / (3.5 if coder == "q8" else 20)
+    assert msg.sections["values"] < fp32.sections["values"] / (3.5 if coder in ("q8", "q8b") else 20)
 
 
 @pytest.fixture
