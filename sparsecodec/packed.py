@@ -153,8 +153,15 @@ class _Plan:
                                   "shared by the TopK entries")
 
     def fixed_k(self, i: int) -> int | None:
+        """Entry ``i``'s k when both ends derive it (None: sent as a varint). Under
+        ``scope="global"`` a fixed k is the whole message's (each tensor's share is read off
+        the one support), so it may exceed a single tensor's size."""
         c = self.codecs[i]
-        return None if c.k == "nnz" else c.k_for(self.numels[i])
+        if c.k == "nnz":
+            return None
+        if self.spec.scope == "global":
+            return c.k_for(sum(self.numels[j] for j in self.topk))
+        return c.k_for(self.numels[i])
 
     def support_entries(self, ks: Mapping[int, int]) -> list[SupportEntry]:
         if self.spec.scope == "global":

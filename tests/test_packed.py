@@ -87,6 +87,20 @@ def test_global_scope_and_mixed_codecs():
     np.testing.assert_array_equal(got["t1"], x["t1"])
 
 
+def test_global_scope_fixed_k_may_exceed_one_tensor():
+    """k is the message's under scope="global": a k larger than some tensor is valid, as in
+    a bundle, and both ends derive it (nothing per tensor is sent)."""
+    rng = np.random.default_rng(4)
+    x = {"small": rng.standard_normal(10).astype(np.float32) + 100,   # all ten are kept
+         "big": rng.standard_normal(1000).astype(np.float32)}
+    want = sc.decode_bundle(bytes(sc.encode_bundle(x, sc.TopK(k=20), scope="global")))
+    for values_scope in ("tensor", "message"):
+        spec = sc.MessageSpec.from_tensors(x, sc.TopK(k=20), scope="global", values_scope=values_scope)
+        got = sc.decode_packed(bytes(sc.encode_packed(x, spec)), spec)
+        assert all(np.array_equal(got[n], want[n]) for n in x)
+        assert [int(np.count_nonzero(got[n])) for n in x] == [10, 10]
+
+
 def test_flare_T2_message_is_near_its_bound():
     """A FLARE uplink (k = 1 per small tensor) costs the bound + 72 fixed bits + < 8 padding."""
     rng = np.random.default_rng(3)
