@@ -37,9 +37,8 @@ bookkeeping and every client's model replica (:mod:`fl.downlink`).
 
 from __future__ import annotations
 
-import dataclasses
-
 import copy
+import dataclasses
 import json
 import logging
 import os

@@ -44,8 +44,8 @@ def _payload_bytes(k: int) -> int:
     return 4 + k if k else 0
 
 
-def _reconstruct(q: np.ndarray, scale: np.float32, dtype: np.dtype) -> np.ndarray:
-    """``q * s`` in ``dtype``: the one formula both ends evaluate."""
+def reconstruct(q: np.ndarray, scale: np.float32, dtype: np.dtype) -> np.ndarray:
+    """``q * s`` in ``dtype``: the one formula both ends evaluate (``q8`` and ``q8b``)."""
     return q.astype(dtype) * dtype.type(scale)
 
 
@@ -63,7 +63,14 @@ def _encode(v: np.ndarray, allow_nonfinite: bool) -> tuple[bytes, np.ndarray]:
     else:
         q = np.clip(np.rint(v.astype(np.float64) / np.float64(scale)), -_QMAX, _QMAX).astype(np.int8)
     data = np.array([scale], "<f4").tobytes() + q.tobytes()
-    return data, _reconstruct(q, scale, v.dtype)
+    return data, reconstruct(q, scale, v.dtype)
+
+
+def reject_minus_128(q: np.ndarray, coder: str) -> np.ndarray:
+    """``q`` itself, or CorruptFrameError: -128 is never written (shared with ``q8b``)."""
+    if np.any(q == -128):
+        raise CorruptFrameError(f"{coder} value -128 is never written (the range is -127..127): corrupt or crafted")
+    return q
 
 
 def _decode(data, k: int, dtype: np.dtype, allow_nonfinite: bool) -> np.ndarray:
@@ -73,12 +80,10 @@ def _decode(data, k: int, dtype: np.dtype, allow_nonfinite: bool) -> np.ndarray:
     if not (np.isfinite(scale) and 0.0 <= float(scale) <= _SCALE_MAX) or np.signbit(scale):
         raise CorruptFrameError(f"q8 scale {float(scale)!r} is not a finite float32 in [0, {_SCALE_MAX:.3g}]: "
                                 "corrupt or crafted")
-    q = np.frombuffer(data, np.int8, count=k, offset=4)
-    if np.any(q == -128):
-        raise CorruptFrameError("q8 value -128 is never written (the range is -127..127): corrupt or crafted")
+    q = reject_minus_128(np.frombuffer(data, np.int8, count=k, offset=4), "q8")
     if scale == 0 and np.any(q):
         raise CorruptFrameError("q8 payload has a zero scale but non-zero values: corrupt or crafted")
-    return _reconstruct(q, scale, dtype)
+    return reconstruct(q, scale, dtype)
 
 
 Q8 = register_value_coder(ValueCoder("q8", 4, _payload_bytes, _encode, _decode, ef_exact=True,

@@ -43,8 +43,7 @@ import numpy as np
 
 from .errors import ConfigError, CorruptFrameError
 from .values import ValueCoder, register_value_coder
-
-_QMAX = 127
+from .values_q8 import _QMAX, reconstruct, reject_minus_128
 #: bfloat16 bit pattern of the largest scale whose 127 multiple is finite in float32.
 _MAX_BITS = int((np.array([np.finfo(np.float32).max / _QMAX], np.float32).view(np.uint32)[0]) >> 16)
 
@@ -74,11 +73,6 @@ def _scale_bits(peak: float) -> int:
     return bits
 
 
-def _reconstruct(q: np.ndarray, scale: np.float32, dtype: np.dtype) -> np.ndarray:
-    """``q * s`` in ``dtype``: the one formula both ends evaluate."""
-    return q.astype(dtype) * dtype.type(scale)
-
-
 def _encode(v: np.ndarray, allow_nonfinite: bool) -> tuple[bytes, np.ndarray]:
     if v.size == 0:
         return b"", np.zeros(0, v.dtype)
@@ -95,7 +89,7 @@ def _encode(v: np.ndarray, allow_nonfinite: bool) -> tuple[bytes, np.ndarray]:
         s = np.float64(_scale(bits))
         q = np.clip(np.rint(v.astype(np.float64) / s), -_QMAX, _QMAX).astype(np.int8)
     scale = _scale(bits)
-    return np.array([bits], "<u2").tobytes() + q.tobytes(), _reconstruct(q, scale, v.dtype)
+    return np.array([bits], "<u2").tobytes() + q.tobytes(), reconstruct(q, scale, v.dtype)
 
 
 def _decode(data, k: int, dtype: np.dtype, allow_nonfinite: bool) -> np.ndarray:
@@ -105,9 +99,7 @@ def _decode(data, k: int, dtype: np.dtype, allow_nonfinite: bool) -> np.ndarray:
     if bits > _MAX_BITS:     # sign bit set (negative, -0), NaN/Inf, or beyond the float32 limit
         raise CorruptFrameError(f"q8b scale bits 0x{bits:04x} are not a bfloat16 in [+0, "
                                 f"{float(_scale(_MAX_BITS)):.3g}]: corrupt or crafted")
-    q = np.frombuffer(data, np.int8, count=k, offset=2)
-    if np.any(q == -128):
-        raise CorruptFrameError("q8b value -128 is never written (the range is -127..127): corrupt or crafted")
+    q = reject_minus_128(np.frombuffer(data, np.int8, count=k, offset=2), "q8b")
     peak_q = int(np.max(np.abs(q.astype(np.int16))))
     if bits == 0 and peak_q:
         raise CorruptFrameError("q8b payload has a zero scale but non-zero values: corrupt or crafted")
@@ -118,7 +110,7 @@ def _decode(data, k: int, dtype: np.dtype, allow_nonfinite: bool) -> np.ndarray:
         if peak_q + 0.5 < low:
             raise CorruptFrameError(f"q8b max |q| = {peak_q} is too small for its scale (an encoder "
                                     "picks the smallest scale that fits): corrupt or crafted")
-    return _reconstruct(q, _scale(bits), dtype)
+    return reconstruct(q, _scale(bits), dtype)
 
 
 Q8B = register_value_coder(ValueCoder("q8b", 6, _payload_bytes, _encode, _decode, ef_exact=True,

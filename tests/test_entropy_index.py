@@ -218,7 +218,7 @@ def test_gaps_edge_cases_and_misuse():
             decode_gaps(payload[:cut], 10**6, 300)
 
 
-@pytest.mark.skipif(NOJIT, reason="already running without the JIT")
+@pytest.mark.skipif(NOJIT, reason="NUMBA_DISABLE_JIT=1 is set: this test is the one that starts the pure-Python rerun, so it does not nest one (unset it to run it)")
 def test_subset_without_jit():
     """The index kernels agree with the reference when they run as plain Python too."""
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")

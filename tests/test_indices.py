@@ -585,7 +585,7 @@ def test_kernels_mode():
     assert hasattr(golomb_decode, "py_func") != JITLESS
 
 
-@pytest.mark.skipif(JITLESS, reason="already running without the JIT")
+@pytest.mark.skipif(JITLESS, reason="NUMBA_DISABLE_JIT=1 is set: this test is the one that starts the pure-Python rerun, so it does not nest one (unset it to run it)")
 def test_subset_without_jit():
     """Kernels and references agree when the kernels run as plain Python too."""
     import re

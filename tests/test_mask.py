@@ -400,7 +400,7 @@ def test_golden_mask_frame_decodes(path):
 
 
 # -- the same subset in pure Python --------------------------------------------------------
-@pytest.mark.skipif(NOJIT, reason="already running without the JIT")
+@pytest.mark.skipif(NOJIT, reason="NUMBA_DISABLE_JIT=1 is set: this test is the one that starts the pure-Python rerun, so it does not nest one (unset it to run it)")
 def test_subset_without_jit():
     """Kernels and the reference agree when the kernels run as plain Python too."""
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")

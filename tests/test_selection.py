@@ -385,7 +385,7 @@ ADVERSARIAL = ["normal", "ascending", "descending", "constant", "zeros", "mostly
                "hot_blocks", "sorted_runs", "narrow_cluster"]
 
 
-@pytest.mark.skipif(NOJIT, reason="large inputs: compiled kernels only")
+@pytest.mark.skipif(NOJIT, reason="NUMBA_DISABLE_JIT=1 is set: large inputs take minutes without the compiled kernels (unset it to run this)")
 @pytest.mark.parametrize("name", ADVERSARIAL)
 def test_large_adversarial_inputs(name):
     n = 200_000
@@ -405,7 +405,7 @@ def test_large_adversarial_inputs(name):
         np.testing.assert_array_equal(got, ref.topk_lexsort(x, 2000))
 
 
-@pytest.mark.skipif(NOJIT, reason="large inputs: compiled kernels only")
+@pytest.mark.skipif(NOJIT, reason="NUMBA_DISABLE_JIT=1 is set: large inputs take minutes without the compiled kernels (unset it to run this)")
 def test_channel_periodic_layout_keeps_the_fast_path(monkeypatch):
     """A (rows, 256) gradient whose every 16th column is large repeats with period 16: a
     sample stride sharing that factor would see only one phase, miss the estimate and
@@ -422,7 +422,7 @@ def test_channel_periodic_layout_keeps_the_fast_path(monkeypatch):
         np.testing.assert_array_equal(topk_indices(x, k), ref.topk_lexsort(x, k))
 
 
-@pytest.mark.skipif(NOJIT, reason="large inputs: compiled kernels only")
+@pytest.mark.skipif(NOJIT, reason="NUMBA_DISABLE_JIT=1 is set: large inputs take minutes without the compiled kernels (unset it to run this)")
 @pytest.mark.parametrize("name", ["normal", "hot_blocks", "sorted_runs"])
 def test_clustered_inputs_keep_the_one_pass_path(name, monkeypatch):
     """Magnitudes concentrated in a few contiguous blocks (or ascending runs) are sampled
@@ -438,7 +438,7 @@ def test_clustered_inputs_keep_the_one_pass_path(name, monkeypatch):
         np.testing.assert_array_equal(topk_indices(x, k), ref.topk_lexsort(x, k))
 
 
-@pytest.mark.skipif(NOJIT, reason="large inputs: compiled kernels only")
+@pytest.mark.skipif(NOJIT, reason="NUMBA_DISABLE_JIT=1 is set: large inputs take minutes without the compiled kernels (unset it to run this)")
 def test_large_nonfinite_allowed_and_refused():
     x = np.random.default_rng(5).standard_normal(100_000).astype(np.float32)
     x[[10, 70_000]] = [np.inf, -np.inf]
@@ -483,7 +483,7 @@ def test_lists_are_array_likes():
 @pytest.mark.parametrize("bad, word", [(np.nan, "NaN"), (np.inf, r"\+inf"), (-np.inf, "-inf")])
 def test_nonfinite_is_config_error_saying_what_and_where(n, k, bad, word):
     if NOJIT and n > 1000:
-        pytest.skip("large input: compiled kernels only")
+        pytest.skip("NUMBA_DISABLE_JIT=1 is set: large inputs take minutes without the compiled kernels (unset it to run this)")
     x = np.ones(n, np.float32)
     x[n - 2] = bad
     with pytest.raises(ConfigError, match=rf"x contains {word} at index {n - 2}.*Clean the update"):
@@ -516,7 +516,7 @@ def test_check_finite_accepts_any_shape():
 
 # --- pure Python run -----------------------------------------------------------------------------
 
-@pytest.mark.skipif(NOJIT, reason="this is the test that starts the pure-Python run")
+@pytest.mark.skipif(NOJIT, reason="NUMBA_DISABLE_JIT=1 is set: this test is the one that starts the pure-Python rerun (unset it to run it)")
 def test_subset_without_jit():
     """The kernels' Python source must give the same answers as compiled (and as the
     references): Numba does not bounds-check, Python does."""

@@ -27,7 +27,7 @@ def _can_reset_hwm() -> bool:
 
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or not _can_reset_hwm(),
-                                reason="needs /proc/self/status and a writable /proc/self/clear_refs")
+                                reason="the peak-memory figure is read from /proc/self/status after resetting it through /proc/self/clear_refs (Linux only, writable procfs)")
 
 
 def test_peak_memory_is_own_and_scales_with_n():
