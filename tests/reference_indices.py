@@ -249,6 +249,8 @@ def parse_gap_varints(raw: bytes, numel: int, k: int) -> list[int]:
             shift += 7
             if byte < 0x80:
                 break
+            if shift > 56:  # a 9th byte that continues: over 63 bits, whatever follows
+                raise RefError("corrupt")
         if leb128(gap) != raw[start:pos]:  # non-canonical
             raise RefError("corrupt")
         v = prev + 1 + gap

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 import reference_indices as ref
 import sparsecodec as sc
@@ -161,6 +161,7 @@ def test_reference_agreement_wide_fields(coder):
 @settings(max_examples=30 if JITLESS else 200)
 @given(raw=st.lists(st.sampled_from([0x00, 0x01, 0x05, 0x7F, 0x80, 0x81, 0xFF]), max_size=24),
        numel=st.integers(1, 2**40), k=st.integers(0, 8))
+@example(raw=[0x80] * 9, numel=1, k=1)   # over 63 bits before the bytes end: corrupt, not truncated
 def test_gap_varint_decoder_matches_reference(raw, numel, k):
     from sparsecodec._kernels import OK, ERR_TRUNCATED
     from sparsecodec._kernels.varint import gap_varints_decode
