@@ -38,6 +38,7 @@ are forever, so a real coder takes the next free id and never gives it back.)
 
 from __future__ import annotations
 
+import functools
 import operator
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -47,7 +48,7 @@ import numpy as np
 
 from ._kernels import ERR_ORDER, ERR_RANGE, OK
 from ._kernels.bitio import PAD
-from ._kernels.golomb import golomb_bits_bound, golomb_scan, golomb_scan_encode
+from ._kernels.golomb import TABLE_MAX, golomb_bits_bound, golomb_scan, golomb_scan_encode, golomb_table
 from .errors import ConfigError
 from .index_params import golomb_parameter
 
@@ -271,6 +272,22 @@ def _raise_bad_support(status: int, idx: np.ndarray, numel: int) -> None:
     raise AssertionError(f"unexpected support status {status}")
 
 
+_NO_TABLE = (np.empty(0, np.uint64), np.empty(0, np.uint8))
+_NO_TABLE[0].flags.writeable = _NO_TABLE[1].flags.writeable = False
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_golomb_table(golomb: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    return golomb_table(*golomb)
+
+
+def _golomb_table(k: int, golomb: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The codeword table for a support of ``k`` indices, or none (empty arrays) when the
+    support is too small for building it (up to TABLE_MAX entries, ~40 us) to pay; built
+    once per parameter, as the same (numel, k) recur every round."""
+    return _cached_golomb_table(golomb) if k >= TABLE_MAX else _NO_TABLE
+
+
 def scan_support(idx, numel, *, golomb_payload: bool = False) -> Support:
     """Validate a support (ConfigError if it is not one) in one kernel pass that also sizes
     its Golomb code and counts equal neighbouring gaps; with ``golomb_payload``, the same
@@ -287,8 +304,8 @@ def scan_support(idx, numel, *, golomb_payload: bool = False) -> Support:
     payload = None
     if golomb_payload and 0 < arr.size < numel:
         # sized for the worst valid support (the writer also refuses to overflow it)
-        out = np.zeros((golomb_bits_bound(numel, arr.size, golomb[0], golomb[1]) + 7) // 8 + PAD, np.uint8)
-        status, nbits, repeats = golomb_scan_encode(arr, numel, *golomb, out)
+        out = np.empty((golomb_bits_bound(numel, arr.size, golomb[0], golomb[1]) + 7) // 8 + PAD, np.uint8)
+        status, nbits, repeats = golomb_scan_encode(arr, numel, *golomb, out, *_golomb_table(arr.size, golomb))
         if status == OK:
             if nbits < 0:
                 raise AssertionError(f"Golomb writer status {nbits} within its bound")

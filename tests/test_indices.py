@@ -13,8 +13,11 @@ from hypothesis import example, given, settings, strategies as st
 import reference_indices as ref
 import sparsecodec as sc
 from sparsecodec import indices as ix
+from sparsecodec._kernels.bitio import PAD
+from sparsecodec._kernels.golomb import golomb_bits_bound, golomb_scan, golomb_scan_encode, golomb_table
 from sparsecodec.bounds import topk_index_bits
 from sparsecodec.errors import ConfigError, CorruptFrameError, FrameError, TruncatedFrameError
+from sparsecodec.index_coders import _NO_TABLE
 from sparsecodec.indices import (INDEX_CODERS, choose_index_coder, decode_indices, encode_indices,
                                  index_payload_bits)
 
@@ -121,22 +124,47 @@ def test_reference_agreement(support, coder):
 def test_reference_agreement_fused_golomb_scan(support, damage):
     """The scan that also writes the Golomb payload: the same bytes as the reference, the same
     status, bits and repeats as the plain scan, also on supports that are not valid."""
-    from sparsecodec._kernels.bitio import PAD
-    from sparsecodec._kernels.golomb import golomb_bits_bound, golomb_scan, golomb_scan_encode
-
     idx, numel = support
     idx = idx.copy()
     if damage and idx.size >= 2:  # 1: a repeat, 2: out of range, 3: a descent
         i = idx.size // 2
         idx[i] = {1: idx[i - 1], 2: numel + 5, 3: idx[i - 1] - 1}[damage]
     m, c, cutoff = ix.golomb_parameter(numel, idx.size)
-    out = np.zeros((golomb_bits_bound(numel, idx.size, m, c) + 7) // 8 + PAD, np.uint8)
-    fused = golomb_scan_encode(idx, numel, m, c, cutoff, out)
-    assert fused == golomb_scan(idx, numel, m, c, cutoff)
+    # with the codeword table and without (small supports), into a buffer of junk: the
+    # writer stores every byte of the stream, so it needs no zeroed buffer
+    for table in (golomb_table(m, c, cutoff), _NO_TABLE):
+        out = np.full((golomb_bits_bound(numel, idx.size, m, c) + 7) // 8 + PAD, 0xA5, np.uint8)
+        fused = golomb_scan_encode(idx, numel, m, c, cutoff, out, *table)
+        assert fused == golomb_scan(idx, numel, m, c, cutoff)
+        if fused[0] == 0 and 0 < idx.size < numel:
+            assert out[:(fused[1] + 7) >> 3].tobytes() == ref.golomb_encode(idx, numel, m)
     if fused[0] == 0 and 0 < idx.size < numel:
-        assert out[:(fused[1] + 7) >> 3].tobytes() == ref.golomb_encode(idx, numel, m)
         assert ix.encode_indices(idx, numel, "golomb") == ref.golomb_encode(idx, numel, m)
         assert ix.encode_indices_auto(idx, numel, coders=["golomb"]) == ("golomb", ref.golomb_encode(idx, numel, m))
+
+
+@pytest.mark.skipif(JITLESS, reason="NUMBA_DISABLE_JIT=1 is set: a 50,000-index support takes minutes without the compiled kernels (unset it to run this)")
+def test_golomb_table_path_matches_the_reference_on_large_supports():
+    """Supports of k >= TABLE_MAX take the codeword table (the table's gaps, gaps past it,
+    and codewords over 57 bits that take the general writer), into a junk-filled buffer."""
+    from sparsecodec._kernels.golomb import TABLE_MAX
+
+    rng = np.random.default_rng(18)
+    for numel, k in ((10**6, 10**5), (2 * 10**6, TABLE_MAX), (10**7, 50_000)):
+        iid = np.sort(rng.choice(numel, k, replace=False)).astype(np.int64)
+        # a dense head and tail with one huge gap between: unary runs far over 57 bits
+        split = np.concatenate([np.arange(k // 2), np.arange(numel - (k - k // 2), numel)])
+        for idx in (iid, split.astype(np.int64)):
+            m, c, cutoff = ix.golomb_parameter(numel, k)
+            words, nbits = golomb_table(m, c, cutoff)
+            assert 0 < words.size <= TABLE_MAX and not words.flags.writeable
+            assert ix.encode_indices(idx, numel, "golomb") == ref.golomb_encode(idx, numel, m)
+            out = np.full((golomb_bits_bound(numel, k, m, c) + 7) // 8 + PAD, 0xFF, np.uint8)
+            status, bits, repeats = golomb_scan_encode(idx, numel, m, c, cutoff, out, words, nbits)
+            assert (status, bits, repeats) == golomb_scan(idx, numel, m, c, cutoff)
+            # an output too small for the stream is refused, not overrun
+            short = np.zeros(bits // 16, np.uint8)
+            assert golomb_scan_encode(idx, numel, m, c, cutoff, short, words, nbits)[1] < 0
 
 
 @pytest.mark.parametrize("coder", KERNEL_CODERS)

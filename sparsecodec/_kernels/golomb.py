@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import ERR_CORRUPT, ERR_ORDER, ERR_RANGE, ERR_TRUNCATED, OK, jit
+from . import ERR_CORRUPT, ERR_ORDER, ERR_OVERFLOW, ERR_RANGE, ERR_TRUNCATED, OK, jit
 from .bitio import (U64_ONE, clz64, flush_bits, load_be64, ones_run, peek_bits, put_bits,
-                    put_wide, read_bits)
+                    put_wide, read_bits, store_be64)
 from .rawbits import bad_reader_args, padding_status
 
-__all__ = ["golomb_scan", "golomb_encode", "golomb_scan_encode", "golomb_bits_bound", "golomb_decode",
+__all__ = ["golomb_scan", "golomb_encode", "golomb_scan_encode", "golomb_table", "TABLE_MAX", "golomb_bits_bound", "golomb_decode",
            "divmod_m"]
 
 
@@ -117,14 +117,52 @@ def golomb_bits_bound(numel: int, k: int, m: int, c: int) -> int:
     return (numel - k) // m + k * (c + 1)
 
 
+#: Largest codeword table :func:`golomb_table` builds (gaps below it are looked up).
+TABLE_MAX = 1 << 12
+
+
+def golomb_table(m: int, c: int, cutoff: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(words, nbits)``: the codeword of every gap ``g < T`` (right-aligned, as
+    :func:`golomb_scan_encode` appends it) and its length, for the largest
+    ``T <= TABLE_MAX`` whose codewords all fit 57 bits. Read-only arrays."""
+    g = np.arange(min(TABLE_MAX, 57 * m), dtype=np.int64)
+    q, r = g // m, g % m
+    long_code = r >= cutoff
+    rbits = c - 1 + long_code
+    nbits = q + 1 + rbits
+    fits = int(np.count_nonzero(nbits <= 57))   # nbits grows with g: a prefix fits
+    q, r, rbits, long_code = q[:fits], r[:fits], rbits[:fits], long_code[:fits]
+    code = (r + np.where(long_code, cutoff, 0)).astype(np.uint64)
+    ones = (np.uint64(1) << q.astype(np.uint64)) - np.uint64(1)
+    words = (ones << (rbits + 1).astype(np.uint64)) | code
+    lengths = nbits[:fits].astype(np.uint8)
+    words.flags.writeable = False
+    lengths.flags.writeable = False
+    return words, lengths
+
+
 @jit
-def golomb_scan_encode(idx, numel, m, c, cutoff, out):
+def golomb_scan_encode(idx, numel, m, c, cutoff, out, table_words, table_nbits):
     """:func:`golomb_scan` and :func:`golomb_encode` in one pass over the support.
 
-    ``out`` is zeroed and holds :func:`golomb_bits_bound` bits plus PAD bytes. Returns
+    ``out`` holds :func:`golomb_bits_bound` bits plus PAD bytes (it need not be zeroed:
+    every byte of the stream is stored). ``table_words`` / ``table_nbits`` are
+    :func:`golomb_table`'s for ``(m, c, cutoff)``, or empty arrays. Returns
     ``(status, bits written, repeated gaps)``; on ERR_RANGE / ERR_ORDER ``out`` holds junk.
+
+    Two things make it about 2x faster than :func:`golomb_encode` (measured at density
+    0.1): a gap below the table size takes its codeword from the table (two loads instead
+    of a division and the truncated-binary arithmetic), and the writer keeps at most 7
+    pending bits: each codeword is ORed into the 64-bit register, the register is stored
+    (8 bytes, big-endian) at the current byte, and the whole bytes are shifted out, so
+    there is one store per codeword and no branch on the word filling up. Codewords over
+    57 bits (a unary run of 57+ ones, one in ~2**57 honest gaps) take the general writer.
     """
-    acc, free, pos = np.uint64(0), 64, 0
+    cap = out.shape[0] - 8    # the last byte position an 8-byte store may start at
+    tsize = min(table_words.shape[0], table_nbits.shape[0])
+    acc = np.uint64(0)        # pending bits, left-aligned
+    used = 0                  # how many (0..7 between codewords)
+    pos = 0
     inv_m = 1.0 / m
     prev = -1
     prev_gap = -1
@@ -136,32 +174,58 @@ def golomb_scan_encode(idx, numel, m, c, cutoff, out):
         if v <= prev:
             return ERR_ORDER, 0, 0
         gap = v - prev - 1
-        if gap == prev_gap:
-            repeats += 1
+        repeats += gap == prev_gap
         prev_gap = gap
         prev = v
-        # golomb_encode's codeword writer, copied: as a shared inline helper it made both
-        # loops 2-3x slower
-        q, r = divmod_m(gap, m, inv_m)
-        if r < cutoff:
-            rbits = c - 1
-            code = np.uint64(r)
+        if pos > cap:
+            return OK, ERR_OVERFLOW, repeats
+        if gap < tsize:           # 0 <= gap: in bounds of both tables
+            word = table_words[gap]
+            nbits = np.int64(table_nbits[gap])
         else:
-            rbits = c
-            code = np.uint64(r + cutoff)
-        nbits = q + 1 + rbits
-        if nbits <= 57:
-            ones = (U64_ONE << np.uint64(q)) - U64_ONE
-            acc, free, pos = put_bits(out, acc, free, pos, (ones << np.uint64(rbits + 1)) | code, nbits)
-        else:
-            rest = q
-            while rest > 0:
-                n = min(rest, 57)
-                acc, free, pos = put_bits(out, acc, free, pos, (U64_ONE << np.uint64(n)) - U64_ONE, n)
-                rest -= n
-            acc, free, pos = put_bits(out, acc, free, pos, np.uint64(0), 1)
-            acc, free, pos = put_wide(out, acc, free, pos, code, rbits)
-    return OK, flush_bits(out, acc, free, pos), repeats
+            q, r = divmod_m(gap, m, inv_m)
+            long_code = r >= cutoff   # truncated binary, as selects (no coin-flip branch)
+            rbits = c - 1 + long_code
+            code = np.uint64(r + (cutoff if long_code else 0))
+            nbits = q + 1 + rbits
+            if nbits > 57:
+                # golomb_encode's general writer, copied (as a shared inline helper it made
+                # both loops 2-3x slower, measured)
+                free = 64 - used
+                rest = q
+                while rest > 0:
+                    n = min(rest, 57)
+                    acc, free, pos = put_bits(out, acc, free, pos, (U64_ONE << np.uint64(n)) - U64_ONE, n)
+                    rest -= n
+                acc, free, pos = put_bits(out, acc, free, pos, np.uint64(0), 1)
+                acc, free, pos = put_wide(out, acc, free, pos, code, rbits)
+                if pos < 0:
+                    return OK, ERR_OVERFLOW, repeats
+                used = 64 - free
+                while used >= 8:      # back to at most 7 pending bits
+                    if pos > cap:
+                        return OK, ERR_OVERFLOW, repeats
+                    store_be64(out, pos, acc)
+                    pos += 1
+                    acc = acc << np.uint64(8)
+                    used -= 8
+                continue
+            # q ones, a zero, the remainder
+            word = (((U64_ONE << np.uint64(q)) - U64_ONE) << np.uint64(rbits + 1)) | code
+        # with used <= 7 and nbits <= 57 the codeword fits the register
+        acc |= word << np.uint64(64 - used - nbits)
+        used += nbits
+        store_be64(out, pos, acc)
+        nbytes = used >> 3
+        pos += nbytes
+        half = np.uint64(nbytes << 2)     # shift by 8 * nbytes (0..64) in two halves:
+        acc = (acc << half) << half       # a shift by 64 is undefined in LLVM
+        used &= 7
+    if used:
+        if pos > cap:
+            return OK, ERR_OVERFLOW, repeats
+        store_be64(out, pos, acc)
+    return OK, 8 * pos + used, repeats
 
 
 @jit
