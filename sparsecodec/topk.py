@@ -49,7 +49,7 @@ from .frame import Frame, FrameReader, FrameWriter
 from .indices import INDEX_CODERS, decode_indices, encode_indices, encode_indices_auto
 from .reconstruction import Reconstruction, SparseRecon
 from .registry import register_codec
-from .selection import check_finite, topk_indices
+from .selection import check_finite, topk_indices, topk_select
 from .values import VALUE_CODERS, decode_values, encode_values, value_coder_name, value_payload_bytes
 
 __all__ = ["TopK", "k_for", "K_RULES"]
@@ -160,13 +160,18 @@ class TopK(Codec):
     def _write_body(self, x, w: FrameWriter, *, indices: np.ndarray | None = None) -> SparseRecon:
         x = self.prepare_input(x)
         flat = x.reshape(-1)
-        if indices is None:
+        if indices is None and self.k != "nnz":
+            # the selection gathers the values on its way (one read of x saved)
+            idx, vals = topk_select(flat, self.k_for(flat.size), allow_nonfinite=self.allow_nonfinite)
+        elif indices is None:
             idx = self.select(flat)
+            vals = flat[idx]
         else:  # positions chosen by the caller (a bundle's global top-k): validated by encode_indices
             idx = np.ascontiguousarray(indices, dtype=np.int64)
             if not self.allow_nonfinite:
                 check_finite(flat)
-        return self._write_selected(w, x.dtype, x.shape, idx, flat[idx])
+            vals = flat[idx]
+        return self._write_selected(w, x.dtype, x.shape, idx, vals)
 
     def _write_selected(self, w: FrameWriter, dtype, shape, idx: np.ndarray, vals: np.ndarray) -> SparseRecon:
         """Write a selection; its reconstruction: ``idx`` (validated by ``encode_indices``,

@@ -21,7 +21,7 @@ from sparsecodec import ConfigError
 from sparsecodec import selection as sel
 from sparsecodec._kernels import ERR_NONFINITE, ERR_OVERFLOW, ERR_RANGE, OK
 from sparsecodec._kernels import select as K
-from sparsecodec.selection import check_finite, topk_indices, topk_indices_global
+from sparsecodec.selection import check_finite, topk_indices, topk_indices_global, topk_select
 
 NOJIT = os.environ.get("NUMBA_DISABLE_JIT") == "1"
 EXAMPLES = 30 if NOJIT else 80
@@ -163,14 +163,22 @@ def test_every_stage_is_exact_for_any_threshold(data):
     hi = data.draw(st.sampled_from([v for v in keys if v >= lo]))
     cap = data.draw(st.integers(0, x.size + 1))
     band_cap = data.draw(st.integers(0, x.size + 1))
-    for got in (sel._plan_bracket([x], ["x"], k, ks, False, lo, int(ks.spec[0]), cap, cap),
-                sel._plan_b([x], ["x"], k, ks, False, lo, hi, cap),
-                sel._plan_bracket([x], ["x"], k, ks, False, lo, hi, cap, band_cap)):
-        if got is not None:
-            np.testing.assert_array_equal(got, want)
+    gather = data.draw(st.booleans())
+    for found in (sel._plan_bracket([x], ["x"], k, ks, False, lo, int(ks.spec[0]), cap, cap, gather),
+                  sel._plan_bracket([x], ["x"], k, ks, False, lo, hi, cap, band_cap, gather)):
+        if found is not None:
+            np.testing.assert_array_equal(found[0], want)
+            if gather:     # the raw keys gathered on the way are x[want]'s bits
+                assert found[1].tobytes() == x[want].tobytes()
+            else:
+                assert found[1] is None
+    got = sel._plan_b([x], ["x"], k, ks, False, lo, hi, cap)
+    if got is not None:
+        np.testing.assert_array_equal(got, want)
     for bucket_cap in (None, 0):        # early exit into plan B, or every radix digit
-        np.testing.assert_array_equal(
-            sel._radix([x], ["x"], k, ks, False, x.size, bucket_cap), want)
+        pos, keys = sel._radix([x], ["x"], k, ks, False, x.size, bucket_cap, gather)
+        np.testing.assert_array_equal(pos, want)
+        assert keys is None or keys.tobytes() == x[want].tobytes()
 
 
 # --- each kernel against its reference ---------------------------------------------------------
@@ -212,8 +220,10 @@ def test_kernels_match_references(data):
     band_pos = np.zeros(band_cap + bp0, np.int64)
     band_key = np.zeros(band_cap + bp0, kd)
     state = np.array([pos0, bp0], np.int64)
+    gather = data.draw(st.booleans())     # the raw keys of what is kept, parallel to out
+    vals = np.zeros(out.size if gather else 0, kd)
     status = K.bracket_collect(u, ks.spec, allow, kd(lo), kd(hi), offset, out, band_pos,
-                               band_key, state)
+                               band_key, state, vals)
     want_status, want, want_band = ref.bracket_collect_ref(x, allow, lo, hi, offset,
                                                            cap + pos0, band_cap + bp0, pos0, bp0)
     assert status == want_status
@@ -221,25 +231,36 @@ def test_kernels_match_references(data):
         count, band = state.tolist()
         assert count == pos0 + len(want) and band == bp0 + len(want_band)
         assert out[pos0:count].tolist() == want
+        if gather:
+            assert vals[pos0:count].tolist() == [int(u[i - offset]) for i in want]
         assert list(zip(band_pos[bp0:band].tolist(), band_key[bp0:band].tolist())) == want_band
+        if vals.size > 1:          # a values buffer of another length is refused
+            assert K.bracket_collect(u, ks.spec, allow, kd(lo), kd(hi), offset, out, band_pos,
+                                     band_key, np.array([pos0, bp0], np.int64),
+                                     vals[:-1]) == ERR_RANGE
         if want_band:
             t = data.draw(st.sampled_from([v for _, v in want_band]))
             eq_left = data.draw(st.integers(0, len(want_band)))
             kept = ref.drop_band_ref(out[:count].tolist(), want_band, t, eq_left)
             args = (count, band_pos[bp0:], band_key[bp0:], len(want_band), kd(t), eq_left)
+            none = np.zeros(0, kd)
             if kept:
-                assert K.drop_band(out.copy(), *args, np.zeros(len(kept) - 1, np.int64)) \
-                    == ERR_OVERFLOW
+                assert K.drop_band(out.copy(), *args, np.zeros(len(kept) - 1, np.int64),
+                                   none, none) == ERR_OVERFLOW
             dest = np.zeros(len(kept) + data.draw(st.integers(0, 2)), np.int64)
-            got = K.drop_band(out.copy(), *args, dest)
+            vdest = np.zeros(dest.size if gather else 0, kd)
+            got = K.drop_band(out.copy(), *args, dest, vals, vdest)
             assert got == len(kept) and dest[:got].tolist() == kept
+            if gather:      # the values follow their positions
+                assert vdest[:got].tolist() == ref.drop_band_ref(vals[:count].tolist(), want_band, t, eq_left)
+                assert K.drop_band(out.copy(), *args, dest, vals, vdest[:-1]) == ERR_RANGE
             bad = band_pos[bp0:band].copy()
             bad[[0, -1]] = bad[[-1, 0]]          # positions out of order, or past count
             if len(want_band) > 1 and bad[0] != bad[-1]:
                 assert K.drop_band(out.copy(), count, bad, band_key[bp0:], len(want_band),
-                                   ks.spec[0], 0, dest) == ERR_RANGE  # every entry dropped
+                                   ks.spec[0], 0, dest, none, none) == ERR_RANGE  # every entry dropped
             assert K.drop_band(out.copy(), count, band_pos[bp0:], band_key[bp0:],
-                               band_key.size - bp0 + 1, kd(t), 0, dest) == ERR_RANGE
+                               band_key.size - bp0 + 1, kd(t), 0, dest, none, none) == ERR_RANGE
 
     # band_pass
     state0 = (data.draw(st.integers(0, 3)), data.draw(st.integers(0, 3)))
@@ -289,7 +310,7 @@ def test_bracket_collect_flushes_band_records():
     state = np.zeros(2, np.int64)
     for part, offset in ((u[:25_001], 0), (u[25_001:], 25_001)):
         assert K.bracket_collect(part, ks.spec, False, lo, hi, offset, out, band_pos, band_key,
-                                 state) == OK
+                                 state, np.zeros(0, ks.key_dtype)) == OK
     status, want, want_band = ref.bracket_collect_ref(x, False, int(lo), int(hi), 0, out.size,
                                                       band_key.size, 0, 0)
     # (one array in the reference: its blocks differ, its entries may not)
@@ -397,8 +418,11 @@ def test_large_adversarial_inputs(name):
             xk = _adversarial(name, n, np.random.default_rng(ADVERSARIAL.index(name)),
                               k).astype(dt) if name.startswith("sample_") else x
             np.testing.assert_array_equal(topk_indices(xk, k), ref.topk_lexsort(xk, k))
+            idx, vals = topk_select(xk, k)      # values gathered by the selection pass
+            np.testing.assert_array_equal(idx, ref.topk_lexsort(xk, k))
+            assert vals.dtype == xk.dtype and vals.tobytes() == xk[idx].tobytes()
         ks = sel._KEYSPACES[x.dtype.itemsize]
-        np.testing.assert_array_equal(sel._radix([x], ["x"], 777, ks, False, n, bucket_cap=0),
+        np.testing.assert_array_equal(sel._radix([x], ["x"], 777, ks, False, n, bucket_cap=0)[0],
                                       ref.topk_lexsort(x, 777))
         parts = topk_indices_global([x[:70_001], x[70_001:70_001], x[70_001:]], 2000)
         got = np.concatenate([parts[0], parts[2] + 70_001])

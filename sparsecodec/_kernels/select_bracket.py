@@ -156,6 +156,34 @@ def _emit(idx, at_least, out, pos):
 
 
 @jit(inline="always")
+def _emit_values(u, base, at_least, vals, pos):
+    """Write the raw keys (the float bits, sign included) of the set bits of ``at_least`` to
+    ``vals[pos:]``, 8 per turn like :func:`_emit` (the caller checked the room). The junk
+    turns past the last bit read ``u[base + (64 & 63)] = u[base]``: never outside the block."""
+    bits = at_least
+    while True:
+        vals[pos] = u[base + (_ctz(bits) & 63)]
+        bits = _drop_lowest(bits)
+        vals[pos + 1] = u[base + (_ctz(bits) & 63)]
+        bits = _drop_lowest(bits)
+        vals[pos + 2] = u[base + (_ctz(bits) & 63)]
+        bits = _drop_lowest(bits)
+        vals[pos + 3] = u[base + (_ctz(bits) & 63)]
+        bits = _drop_lowest(bits)
+        vals[pos + 4] = u[base + (_ctz(bits) & 63)]
+        bits = _drop_lowest(bits)
+        vals[pos + 5] = u[base + (_ctz(bits) & 63)]
+        bits = _drop_lowest(bits)
+        vals[pos + 6] = u[base + (_ctz(bits) & 63)]
+        bits = _drop_lowest(bits)
+        vals[pos + 7] = u[base + (_ctz(bits) & 63)]
+        bits = _drop_lowest(bits)
+        pos += 8
+        if bits == 0:
+            break
+
+
+@jit(inline="always")
 def _flush_band(u, mask, inf_key, rec, rec_bits, r, band_pos, band_key, bp):
     """Write the band entries of the ``r`` recorded blocks (``rec[i]``: the block's start
     and the position of its first entry in out; ``rec_bits[i]``: its ``at_least`` and band
@@ -175,13 +203,15 @@ def _flush_band(u, mask, inf_key, rec, rec_bits, r, band_pos, band_key, bp):
 
 
 @jit
-def bracket_collect(u, spec, allow, lo, hi, offset, out, band_pos, band_key, state):
+def bracket_collect(u, spec, allow, lo, hi, offset, out, band_pos, band_key, state, vals):
     """Append ``offset + i`` for every key ``>= lo`` to ``out``, in index order; for each
     of them whose key is also ``<= hi`` (the *band*), append its position in ``out`` to
     ``band_pos`` and its key to ``band_key``.
 
     ``state = [entries in out, entries in the band]`` is read and updated, so several
-    arrays can be passed in turn. Returns ``OK``, ``ERR_NONFINITE``, ``ERR_RANGE`` or
+    arrays can be passed in turn. When ``vals`` is not empty (it must then be as long as
+    ``out``), ``vals[i]`` gets the raw key of ``out[i]`` (the float's bits): the gather of
+    the selected values, made while their block is in L1. Returns ``OK``, ``ERR_NONFINITE``, ``ERR_RANGE`` or
     ``ERR_OVERFLOW``: a band entry would not fit, or a block's entries, rounded up to a
     multiple of 8, would not fit in ``out`` (the entries are written 8 at a time; the
     slots past the count hold junk).
@@ -197,8 +227,9 @@ def bracket_collect(u, spec, allow, lo, hi, offset, out, band_pos, band_key, sta
     pos = state[0]
     bp = state[1]
     bcap = min(band_pos.size, band_key.size)
-    if pos < 0 or pos > out.size or bp < 0 or bp > bcap:
+    if pos < 0 or pos > out.size or bp < 0 or bp > bcap or (vals.size and vals.size != out.size):
         return ERR_RANGE
+    gather = vals.size > 0
     skip = min(lo, inf_key)   # a block whose max is below both holds nothing and no NaN/Inf
     rec = np.empty((RECORDS, 2), np.int64)
     rec_bits = np.empty((RECORDS, 2), np.uint64)
@@ -234,6 +265,8 @@ def bracket_collect(u, spec, allow, lo, hi, offset, out, band_pos, band_key, sta
         pos = _emit(offset + base, at_least, out, pos)
         if pos < 0:
             return pos
+        if gather:      # _emit checked that out, as long as vals, had room for the turns
+            _emit_values(u, base, at_least, vals, first)
         band = at_least & ~above
         pending += _popcount(band)
         if pending > bcap:
@@ -253,7 +286,7 @@ def bracket_collect(u, spec, allow, lo, hi, offset, out, band_pos, band_key, sta
 
 
 @jit
-def drop_band(out, count, band_pos, band_key, band, t, eq_left, dest):
+def drop_band(out, count, band_pos, band_key, band, t, eq_left, dest, vals, vdest):
     """Write ``out[:count]`` to ``dest`` in order, leaving out the band entries that are not
     chosen: of the band, the entries with key ``> t`` stay, and the first ``eq_left`` with
     key ``== t`` (band order is index order: the lower index wins ties). Returns the number
@@ -266,8 +299,14 @@ def drop_band(out, count, band_pos, band_key, band, t, eq_left, dest):
     entry or a copy loop per gap would be mispredicted half of the time (2-3x slower,
     measured). Writing to a new, exact ``dest`` instead of compacting in place lets the
     large ``out`` be freed at once (and its memory reused by the caller's next buffers).
+
+    ``vals`` (parallel to ``out``, see :func:`bracket_collect`) is compacted the same way
+    into ``vdest`` (as long as ``dest``); pass two empty arrays to skip the values.
     """
     if count < 0 or count > out.size or band < 0 or band > min(band_pos.size, band_key.size):
+        return ERR_RANGE
+    gather = vals.size > 0
+    if gather and (vals.size < count or vdest.size != dest.size):
         return ERR_RANGE
     first = count             # the first dropped position
     prev = -1
@@ -292,6 +331,15 @@ def drop_band(out, count, band_pos, band_key, band, t, eq_left, dest):
     while end > first and out[end - 1] < 0:
         end -= 1              # then out[end - 1] is kept: every write below lands < kept
     w = first
+    if gather:
+        for j in range(first):
+            vdest[j] = vals[j]
+        for j in range(first, end):
+            v = out[j]
+            dest[w] = v
+            vdest[w] = vals[j]
+            w += v >= 0
+        return w
     for j in range(first, end):
         v = out[j]
         dest[w] = v
