@@ -181,13 +181,14 @@ class TopK(Codec):
             coder, payload = encode_indices_auto(idx, numel)
         else:
             coder, payload = self.index, encode_indices(idx, numel, self.index)
-        vbytes, vhat = encode_values(vals, self.values, allow_nonfinite=self.allow_nonfinite)
+        # vals is always a new array here (a gather), so the coder may keep it as v_hat
+        vbytes, vhat = encode_values(vals, self.values, allow_nonfinite=self.allow_nonfinite, owned=True)
         config = INDEX_CODERS[coder] | (VALUE_CODERS[self.values] << 4) | (0x80 if self.allow_nonfinite else 0)
         w.tensor_header(dtype, shape)
         w.u8(config, "header")
         w.varint(idx.size, "index")
         w.raw(payload, "index")
-        w.raw(vbytes, "values")
+        w.raw_view(vbytes, "values")   # vhat (which it may view) is not written before finish()
         return SparseRecon(idx, vhat, tuple(shape), dtype)
 
     def _frame_meta(self, recon: Reconstruction | None) -> dict[str, Any] | None:

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import sparsecodec as sc
-from sparsecodec.frame import FrameReader, FrameWriter, encode_varint
+from sparsecodec.frame import BUNDLE_WIRE_ID, FrameReader, FrameWriter, encode_varint
 from sparsecodec.mask import _model_byte
 
 
@@ -152,3 +152,40 @@ def test_max_numel_must_be_a_count():
         with pytest.raises(sc.ConfigError, match="max_numel"):
             sc.decode(data, max_numel=bad)
     assert sc.decode(data, max_numel=np.int64(3)).shape == (3,)
+
+
+@pytest.mark.parametrize("checksum", [False, True])
+def test_writer_pieces_give_the_bytes_of_one_buffer(monkeypatch, checksum):
+    """Large payloads are kept by reference and joined once at finish(); frames, bodies,
+    CRC-32s and bundle entry checks are byte for byte those of a writer that copies
+    everything into one bytearray (_BY_REFERENCE past any size)."""
+    import sparsecodec.frame as fr
+
+    rng = np.random.default_rng(5)
+    piece = fr._BY_REFERENCE
+    big = rng.integers(0, 256, 3 * piece, dtype=np.uint8)
+
+    def write(w):
+        w.u8(7, "header")
+        w.raw(big.tobytes(), "index")                 # bytes: kept by reference
+        w.varint(300, "index")
+        w.raw_view(big[::-1].copy(), "values")        # a view the caller will not change
+        start = len(w)
+        w.raw(bytearray(b"tail"), "values")           # mutable: always copied
+        w.raw_view(b"xy", "values")                   # small: copied
+        w.embed(big[:piece].tobytes(), {"index": 8 * piece})
+        w.crc8_since(start, "header")
+        return w
+
+    def build():
+        frame = write(FrameWriter(BUNDLE_WIRE_ID, checksum=checksum)).finish(1, "t")
+        body = write(FrameWriter(body_only=True)).body()
+        return bytes(frame), dict(frame.sections), body
+
+    pieces = build()
+    monkeypatch.setattr(fr, "_BY_REFERENCE", 1 << 62)
+    assert build() == pieces
+    data, sections, (body, body_sections) = pieces
+    assert sum(sections.values()) == 8 * len(data) and sum(body_sections.values()) == 8 * len(body)
+    if checksum:
+        FrameReader(data)                             # its CRC-32 verifies

@@ -190,3 +190,40 @@ def test_fl_configs_select_value_coders_by_name(algorithm):
         assert algo.make_config(values=coder).codec().values == coder
     with pytest.raises(Exception, match="q8"):      # the error lists the choices
         algo.make_config(values="q4")
+
+
+@pytest.mark.parametrize("coder", sorted(vc.VALUE_CODERS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_owned_values_give_the_same_bytes_and_reconstruction(coder, dtype):
+    """``owned=True`` (TopK's gathered values) skips the copies only where the payload is the
+    input's own bytes (fp32 of float32, fp64 of float64); every coder writes the same bytes
+    and reconstruction either way, and NaN/Inf are still refused."""
+    v = (np.random.default_rng(8).standard_normal(1000) * 3).astype(dtype)
+    data, vhat = vc.encode_values(v.copy(), coder)
+    owned = v.copy()
+    data_o, vhat_o = vc.encode_values(owned, coder, owned=True)
+    assert bytes(data_o) == bytes(data) and vhat_o.dtype == vhat.dtype
+    assert vhat_o.tobytes() == vhat.tobytes()
+    as_is = (coder, np.dtype(dtype).name) in (("fp32", "float32"), ("fp64", "float64"))
+    assert (vhat_o is owned) == as_is              # no copy exactly where none is needed
+    if as_is:
+        assert isinstance(data_o, memoryview) and data_o.readonly
+        bad = owned.copy()
+        bad[3] = np.nan
+        with pytest.raises(ConfigError, match="NaN or infinite"):
+            vc.encode_values(bad, coder, owned=True)
+        data_n, vhat_n = vc.encode_values(bad, coder, owned=True, allow_nonfinite=True)
+        assert bytes(data_n) == bad.tobytes() and vhat_n is bad
+    else:
+        assert type(data_o) is bytes
+
+
+def test_topk_reconstruction_does_not_alias_the_frame():
+    """TopK keeps its gathered values as v_hat and hands a view of them to the frame writer;
+    the frame holds its own copy, so writing to v_hat does not change the frame."""
+    x = np.random.default_rng(4).standard_normal(100_000).astype(np.float32)
+    frame, idx, v_hat = sc.TopK(density=0.5, values="fp32").encode_sparse(x)
+    before = bytes(frame)
+    v_hat[:] = 0.0
+    assert bytes(frame) == before
+    assert np.array_equal(sc.decode(frame)[idx], x[idx])
