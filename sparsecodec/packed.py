@@ -233,12 +233,13 @@ def encode_packed(tensors: Mapping[str, Any], spec: MessageSpec, *, checksum: bo
         c = plan.codecs[group[0]]
         v = [arrays[names[i]].reshape(-1)[sel[i]] for i in group]
         try:
+            # a new array (a gather or a concatenation): the coder may keep it as v_hat
             vbytes, vhat = encode_values(v[0] if len(v) == 1 else np.concatenate(v), c.values,
-                                         allow_nonfinite=c.allow_nonfinite)
+                                         allow_nonfinite=c.allow_nonfinite, owned=True)
         except ConfigError as exc:
             who = names[group[0]] if len(group) == 1 else [names[i] for i in group]
             raise ConfigError(f"tensor {who!r}: {exc}") from None
-        w.raw(vbytes, "values")
+        w.raw_view(vbytes, "values")   # nothing writes to vhat before the message is finished
         gks = [ks[i] for i in group]
         cuts = np.cumsum([0] + gks)
         for j, (i, bits) in enumerate(zip(group, share_bits(8 * len(vbytes), gks))):
