@@ -119,3 +119,29 @@ def test_value_bits_rows_read_the_ledger_and_judge_both_targets(tmp_path, monkey
     assert rows["q8", "tensor"]["x fewer value bits"] == 4.0
     assert rows["q8b", "message"]["x fewer value bits"] == 8.0 and rows["q8b", "message"]["bits met"]
     assert vb.run_name("q8b", "message", 0) == "q8b-message_s0" and vb.run_name("q8", "tensor", 1) == "q8_s1"
+
+
+def test_select_speed_writes_its_table_and_judges_each_target(tmp_path, capsys):
+    from benchmarks import select_speed as ss
+
+    ss.main(["--n", "50000", "--repeats", "1", "--inputs", "normal", "--densities", "0.001", "0.01",
+             "--out", str(tmp_path)])
+    md = (tmp_path / "select_speed.md").read_text()
+    record = json.loads((tmp_path / "select_speed.json").read_text())
+    assert record["command"].startswith("python -m benchmarks.select_speed --n 50000")
+    assert [r["density"] for r in record["rows"]] == [0.001, 0.01]
+    assert "| normal | 0.001 | 50 |" in md and "/ log2 C(n, k) |" in md
+    # density 0.01 has no target: only 1e-3's two coders are judged
+    judged = [line for line in md.splitlines() if line.startswith("- ")]
+    assert len(judged) == 2 and all("density 0.001" in line for line in judged)
+    assert all(r["index_coder"]["golomb"] == "golomb" and r["index_bits"]["auto"] > 0
+               for r in record["rows"])
+    # judged against the input's fastest pass, not the one timed next to the encode
+    row = {"input": "normal", "density": 0.1, "k": 1, "sum_ms": 1.1, "select_ms": 3.0,
+           "select_ratio": 3.0, "encode_ratio": {"golomb": 7.0, "auto": 7.5},
+           "encode_ratio_fastest": {"golomb": 7.9, "auto": 8.1},
+           "index_coder": {"golomb": "golomb", "auto": "zstd"}, "index_bits": {"golomb": 10, "auto": 5},
+           "bound_bits": 4.0}
+    text = ss.report([row], ("golomb", "auto"), "head")
+    assert "`index='golomb'` (golomb, 10 index bits): 7.90x <= 8x: met" in text
+    assert "`index='auto'` (zstd, 5 index bits): 8.10x > 8x: NOT met" in text
