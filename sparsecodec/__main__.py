@@ -1,9 +1,11 @@
-"""``python -m sparsecodec inspect FILE [--schema SCHEMA.json] [--json]``: what a message holds.
+"""``python -m sparsecodec inspect FILE [--schema SCHEMA.json] [--spec SPEC.json] [--json]``.
 
-Reads one frame or bundle from ``FILE`` and prints, from its bytes alone, each tensor's codec,
-dtype, shape, k, coders, bits per section, bits per parameter and the bound beside them
-(:mod:`sparsecodec.inspect`). A bundle encoded against a :class:`~sparsecodec.Schema` needs
-that schema: a JSON list of ``[name, dtype, shape]`` (``json.dumps(list(schema.entries))``).
+Reads one message from ``FILE`` and prints each tensor's codec, dtype, shape, k, coders, bits
+per section, bits per parameter and the bound beside them (:mod:`sparsecodec.inspect`). A
+frame or bundle is read from its bytes alone; a bundle encoded against a
+:class:`~sparsecodec.Schema` and a model patch need that schema, a JSON list of ``[name,
+dtype, shape]`` (``json.dumps(list(schema.entries))``); a compact message needs its
+:class:`~sparsecodec.MessageSpec` (``spec.to_json()``).
 Exit status: 0, 1 for bytes that are not a valid message, 2 for a usage error.
 
     >>> import os, tempfile, numpy as np, sparsecodec as sc
@@ -93,13 +95,24 @@ def _load_schema(path: str):
                           "[name, dtype, shape])") from None
 
 
+def _load_spec(path: str):
+    from .packed import MessageSpec
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return MessageSpec.from_json(f.read())
+    except OSError as exc:
+        raise ConfigError(f"cannot read spec {path}: {exc}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sparsecodec",
                                 description="sparsecodec tools (python -m sparsecodec.demo: the demo)")
     sub = p.add_subparsers(dest="command", required=True)
     ins = sub.add_parser("inspect", help="what a frame or bundle holds, bits per section, bounds")
     ins.add_argument("file", help="a file holding one frame or bundle ('-' reads stdin)")
-    ins.add_argument("--schema", help="JSON [[name, dtype, shape], ...] for schema bundles")
+    ins.add_argument("--schema", help="JSON [[name, dtype, shape], ...] for schema bundles and model patches")
+    ins.add_argument("--spec", help="MessageSpec JSON (MessageSpec.to_json()) for compact messages")
     ins.add_argument("--json", action="store_true", help="print the report as JSON")
     ins.add_argument("--max-numel", type=int, default=DEFAULT_MAX_NUMEL,
                      help=f"refuse messages with more elements (default {DEFAULT_MAX_NUMEL})")
@@ -112,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         schema = _load_schema(args.schema) if args.schema else None
+        spec = _load_spec(args.spec) if args.spec else None
         if args.file == "-":
             data = sys.stdin.buffer.read()
         else:
@@ -121,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        report = inspect_message(data, schema=schema, max_numel=args.max_numel)
+        report = inspect_message(data, schema=schema, spec=spec, max_numel=args.max_numel)
     except FrameError as exc:
         print(f"error: {args.file} is not a valid sparsecodec message: {exc}", file=sys.stderr)
         return 1

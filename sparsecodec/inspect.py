@@ -444,15 +444,24 @@ MESSAGE_INSPECTORS: dict[int, Callable[..., MessageReport]] = {
     BUNDLE_WIRE_ID: _bundle, SCHEMA_BUNDLE_WIRE_ID: _bundle}
 
 
-def inspect_message(data, *, schema=None, side=None, max_numel: int = DEFAULT_MAX_NUMEL,
+def inspect_message(data, *, schema=None, spec=None, side=None, max_numel: int = DEFAULT_MAX_NUMEL,
                     verify: bool = True, **options: Any) -> MessageReport:
-    """Report on any sparsecodec message (frame or bundle), dispatching on its wire id.
+    """Report on any sparsecodec message (frame, bundle, compact message, model patch),
+    dispatching on its wire id.
 
     ``verify=False`` skips decoding the bodies (for a receiver that decodes them anyway): the
     structure is still read and checked field by field, so the sections are exact and
     hostile bytes still raise a FrameError, but payload errors (a bad index, a NaN) are not
-    caught, a fixed-p mask has no bound, and ``verified`` is False.
+    caught, a fixed-p mask has no bound, and ``verified`` is False. A compact message needs
+    ``spec`` (its :class:`~sparsecodec.MessageSpec`) and a model patch ``schema`` (or
+    ``spec``): :mod:`sparsecodec.inspect_compact`, always decoded.
     """
+    from .inspect_compact import COMPACT_INSPECTORS, peek_wire_id
+
+    wire_id = peek_wire_id(data)
+    compact = None if wire_id is None else COMPACT_INSPECTORS.get(wire_id)
+    if compact is not None:      # before the CRC check: theirs is seeded with the spec
+        return compact(data, spec=spec, schema=schema, max_numel=max_numel)
     r = FrameReader(data, max_numel=max_numel)
     return MESSAGE_INSPECTORS.get(r.wire_id, _single)(r, schema=schema, side=side, verify=verify,
                                                       **options)

@@ -75,6 +75,7 @@ from .values import decode_values, encode_values, value_payload_bytes
 __all__ = ["MessageSpec", "PACKED_WIRE_ID", "encode_packed", "decode_packed"]
 
 Sections = dict[str, dict[str, int]]
+_SPEC_FORMAT = "sparsecodec.MessageSpec/1"
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,43 @@ class MessageSpec:
 
     def codec_for(self, name: str) -> Codec:
         return _codec_for(self.codec, name)
+
+    def to_json(self) -> str:
+        """The spec as JSON, for :meth:`from_json` and ``python -m sparsecodec inspect MSG
+        --spec SPEC.json`` (a compact message is unreadable without it).
+
+            >>> import numpy as np, sparsecodec as sc
+            >>> spec = sc.MessageSpec.from_tensors({"w": np.zeros(8, np.float32)}, sc.TopK(k=2))
+            >>> sc.MessageSpec.from_json(spec.to_json()).fingerprint == spec.fingerprint
+            True
+        """
+        one = isinstance(self.codec, Codec)
+        return json.dumps({
+            "format": _SPEC_FORMAT, "schema": [[n, d, list(s)] for n, d, s in self.schema.entries],
+            "codec" if one else "codecs": self.codec.get_config() if one
+            else {name: c.get_config() for name, c in self.codec.items()},
+            "scope": self.scope, "values_scope": self.values_scope}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "MessageSpec":
+        """The spec :meth:`to_json` wrote (ConfigError, saying what is wrong, otherwise)."""
+        from .registry import get_codec
+
+        try:
+            raw = json.loads(text)
+            if not isinstance(raw, dict) or raw.get("format") != _SPEC_FORMAT:
+                raise ValueError(f"not a {_SPEC_FORMAT} document (its 'format' key)")
+            schema = Schema(tuple((str(n), str(d), tuple(int(x) for x in s)) for n, d, s in raw["schema"]))
+            if "codec" in raw:
+                codec: Any = get_codec(raw["codec"])
+            else:
+                codec = {str(name): get_codec(cfg) for name, cfg in dict(raw["codecs"]).items()}
+            return cls(schema, codec, str(raw.get("scope", "tensor")), str(raw.get("values_scope", "tensor")))
+        except ConfigError as exc:
+            raise ConfigError(f"MessageSpec JSON: {exc}") from None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"cannot read a MessageSpec from this JSON: {exc!r}; write it with "
+                              "MessageSpec.to_json()") from None
 
 
 def _is_topk(codec: Codec) -> bool:

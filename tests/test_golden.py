@@ -12,7 +12,7 @@ import pytest
 import sparsecodec as sc
 
 CORE = Path(__file__).resolve().parent / "golden" / "core"
-FRAMES = sorted(p for p in CORE.glob("*.bin") if not p.name.startswith("bundle"))
+FRAMES = sorted(p for p in CORE.glob("*.bin") if not p.name.startswith(("bundle", "compact")))
 
 
 def test_golden_frames_exist():
@@ -42,6 +42,17 @@ def test_golden_schema_bundle_decodes():
     schema = sc.Schema(tuple((n, d, tuple(shape)) for n, d, shape in entries))
     expected = np.load(CORE / "bundle_schema.npz")
     got = sc.decode_bundle((CORE / "bundle_schema.bin").read_bytes(), schema=schema)
+    assert sorted(got) == sorted(expected.files)
+    for name in expected.files:
+        assert got[name].tobytes() == expected[name].tobytes()
+
+
+def test_golden_compact_message_decodes_against_its_committed_spec():
+    """The committed MessageSpec JSON still loads to the same spec (its fingerprint seeds the
+    message's CRC) and the message still decodes to the committed arrays."""
+    spec = sc.MessageSpec.from_json((CORE / "compact_message.spec.json").read_text())
+    expected = np.load(CORE / "compact_message.npz")
+    got = sc.decode_packed((CORE / "compact_message.bin").read_bytes(), spec)
     assert sorted(got) == sorted(expected.files)
     for name in expected.files:
         assert got[name].tobytes() == expected[name].tobytes()

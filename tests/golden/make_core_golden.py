@@ -51,12 +51,19 @@ def main() -> None:
         (HERE / "bundle_global.bin").write_bytes(bytes(frame))
         np.savez(HERE / "bundle_global.npz", **sc.decode_bundle(bytes(frame)))
     schema = sc.Schema.from_tensors(update)
-    if (HERE / "bundle_schema.bin").exists():
-        return
-    frame = sc.encode_bundle(update, sc.TopK(k=5), schema=schema)
-    (HERE / "bundle_schema.bin").write_bytes(bytes(frame))
-    (HERE / "bundle_schema.json").write_text(json.dumps([list(e) for e in schema.entries]))
-    np.savez(HERE / "bundle_schema.npz", **sc.decode_bundle(bytes(frame), schema=schema))
+    if not (HERE / "bundle_schema.bin").exists():
+        frame = sc.encode_bundle(update, sc.TopK(k=5), schema=schema)
+        (HERE / "bundle_schema.bin").write_bytes(bytes(frame))
+        (HERE / "bundle_schema.json").write_text(json.dumps([list(e) for e in schema.entries]))
+        np.savez(HERE / "bundle_schema.npz", **sc.decode_bundle(bytes(frame), schema=schema))
+    if not (HERE / "compact_message.bin").exists():
+        # a compact message and the MessageSpec JSON both ends hold (also pins that JSON format)
+        spec = sc.MessageSpec(schema, {"conv.weight": sc.TopK.flare(R=10.0, values="q8b"),
+                                       "conv.bias": sc.Dense()})
+        frame = sc.encode_packed(update, spec)
+        (HERE / "compact_message.bin").write_bytes(bytes(frame))
+        (HERE / "compact_message.spec.json").write_text(spec.to_json() + "\n")
+        np.savez(HERE / "compact_message.npz", **sc.decode_packed(bytes(frame), spec))
     print(f"wrote {len(list(HERE.glob('*.bin')))} frames to {HERE}")
 
 
