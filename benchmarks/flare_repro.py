@@ -18,8 +18,10 @@ call, so the same numbers bit for bit), followed by a digest of that run into
 The full ledger and the checkpoint stay in ``benchmarks/results/tmp/`` (not committed; the FC
 checkpoint is 1.6 GB). ``--resume`` continues an interrupted run from its checkpoint.
 
-The reference numbers are the committed official result files (ALGORITHMS.md 1(d)): the
-client-unavailability experiment, 7 of 10 clients per round, R = 0.001 %, E = 1.
+The reference numbers are the committed official result files (docs/flare.md, "Numbers to check
+against"): the client-unavailability experiment, 7 of 10 clients per round, R = 0.001 %, E = 1.
+The targets are T1 (FC) and T2 (CNN) of docs/reproductions.md. Paper: Greidi & Cohen, *Sparse
+Training for Federated Learning with Regularized Error Correction*, arXiv 2312.13795.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ ALGORITHMS = ("flare", "ec", "ef21", "fedavg")
 CHECKPOINTS = (50, 100, 200, 300)
 
 _REPO = "RanGreidi/FLARE-Federated-Learning-with-Accumulated-Regularized-Embeddings"
-#: Official committed test accuracies, 7 of 10 clients per round (ALGORITHMS.md 1(d)).
+#: Official committed test accuracies, 7 of 10 clients per round (docs/flare.md, "Numbers to check against").
 REFERENCE = {
     "cnn": {
         "title": "T2: MNIST CNN (582,026 params, double softmax), lr 0.215, TAU 0.05, c 1.1",
@@ -74,7 +76,7 @@ REFERENCE = {
 
 # -- one run -----------------------------------------------------------------------------------
 def message_bounds(config) -> dict:
-    """Bits of one uplink message under the conventions of ALGORITHMS.md 0.4, per the config.
+    """Bits of one uplink message under the bit-accounting conventions of docs/conventions.md.
 
     Sparse algorithms send ``k_l`` values of every tensor ``l`` (``TopK.k_for``): the
     information bound ``sum log2 C(d_l, k_l) + 32 k_l``, index + value ``k (32 + ceil(log2 d))``

@@ -9,7 +9,7 @@ importable) and zstd(np.packbits(mask)) as the generic baseline, all measured in
 
 Profiles: constant p in {0.5, 0.1, 0.01, 1e-4}; per-entry p from Beta(0.5, 0.5), Beta(5, 5),
 near-deterministic {0.01, 0.99}; FedPM: theta = sigmoid(scores) of a masked MLP 784-200-10
-trained FedPM-style for 300 steps on MNIST (ALGORITHMS.md section 4: signed-constant frozen
+trained FedPM-style for 300 steps on MNIST (docs/fedpm.md, "FedPM": signed-constant frozen
 weights, Bernoulli(theta) masks resampled each step, the official STE theta * dL/dm, Adam
 lr 0.1, batch 128). Its scores are cached in ``benchmarks/data/fedpm_mlp_scores.npz``
 (float16, ~160k entries) and regenerated only when missing. The FedPM row uses theta's own

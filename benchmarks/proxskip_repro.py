@@ -69,7 +69,8 @@ LABELS = {"proxskip": "ProxSkip (dense)", "sparse-proxskip": "Sparse-ProxSkip (r
           "sparse-proxskip-noh": "ablation: Sparse-ProxSkip with h = 0 (FedAvg + client model TopK)",
           "sparse-proxskip-server": "ProxSkip + server TopK", "fedavg-topk": "FedAvg + TopK",
           "ec": "FedAvg + TopK + EF (EC)"}
-#: [paper, unverified] (ALGORITHMS.md 3(d)): FEMNIST, 100 clients, 99 % sparsity.
+#: [paper, unverified] (Meinhardt et al., arXiv 2405.20623; the method: docs/sparse_proxskip.md,
+#: the target: T4 in docs/reproductions.md): FEMNIST, 100 clients, 99 % sparsity.
 PAPER = {"t4": {0.99: {"sparse-proxskip": 0.728, "best baseline": 0.255}}}
 
 

@@ -137,8 +137,8 @@ _DEMO_TRAIN = {"lr": 0.05, "momentum": 0.9, "batch_size": 32, "epochs": 1}
 
 #: Named starting points. ``demo``: what ``make demo`` runs (the 784-600-300-10 MLP on the
 #: embedded MNIST subset, every client every round, about 2 minutes on 2 cores; EC, EF21 and
-#: FLARE at density 1e-3). ``flare-cnn``: FLARE's MNIST
-#: CNN setting (ALGORITHMS.md T2: 10 contiguous 600-image shards, 7 of 10 clients per round,
+#: FLARE at density 1e-3). ``flare-cnn``: FLARE's MNIST CNN setting (T2 in
+#: docs/reproductions.md: 10 contiguous 600-image shards, 7 of 10 clients per round,
 #: the algorithms' paper defaults) on the embedded subset, whose first 6,000 training images
 #: are the official ones FLARE uses (its test set is 2,000 of the 10,000 test images).
 #: ``defaults``: nothing but the built-in defaults and the algorithms' paper defaults.

@@ -1,4 +1,4 @@
-"""Masked networks over frozen random weights (FedPM, ALGORITHMS.md section 4(a)).
+"""Masked networks over frozen random weights (FedPM, Isik et al., ICLR 2023; docs/fedpm.md).
 
 A masked network is an ordinary architecture of :mod:`fl.models` (``fedpm-mlp``,
 ``fedpm-conv4``, or any Linear/Conv2d model) evaluated with parameters ``W * m``: ``W`` are

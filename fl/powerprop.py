@@ -1,4 +1,4 @@
-"""Powerpropagation layers with SparsyFed's activation pruning (ALGORITHMS.md section 6(a)).
+"""Powerpropagation layers with SparsyFed's activation pruning (docs/sparsyfed.md, "The algorithm").
 
 **Powerprop.** A :class:`PowerpropLinear` / :class:`PowerpropConv2d` keeps a *latent* weight
 ``v`` in ``self.weight`` (same parameter names and shapes as ``nn.Linear`` / ``nn.Conv2d``, so a

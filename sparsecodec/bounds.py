@@ -72,7 +72,7 @@ def dense_bits(numel: int, bits_per_value: int = 32) -> int:
 
 
 def fedpm_ideal_bpp(mask) -> float:
-    """The FedPM papers' ideal rate ``H_b(f) + log2(d)/d`` (ALGORITHMS.md section 0.4)."""
+    """The FedPM papers' ideal rate ``H_b(f) + log2(d)/d`` (docs/conventions.md, "Bit accounting")."""
     m = np.asarray(mask).reshape(-1)
     d = m.size
     f = float(np.count_nonzero(m)) / d

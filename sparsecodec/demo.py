@@ -14,7 +14,7 @@ import numpy as np
 
 import sparsecodec as sc
 
-SHAPES = {  # FLARE MNIST CNN (ALGORITHMS.md section 1(c)) layer shapes
+SHAPES = {  # FLARE MNIST CNN layer shapes (Greidi & Cohen, arXiv 2312.13795; docs/flare.md, "Models")
     "conv1.weight": (32, 1, 5, 5), "conv1.bias": (32,),
     "conv2.weight": (64, 32, 5, 5), "conv2.bias": (64,),
     "fc1.weight": (512, 1024), "fc1.bias": (512,),

@@ -17,8 +17,8 @@ How k is chosen (``k_rule``, applied per tensor, or once over a whole bundle wit
 * ``k="nnz"``: all non-zeros of an already-sparse tensor (exact, lossless for fp32);
 * ``density=<fraction>`` with ``k_rule="round"`` (round-half-even of numel*density),
   ``"ceil"``, or ``"flare"``: ``round_half_even(numel*density) + 1`` capped at numel, the
-  FLARE code's per-tensor rule with ``density = R/100`` (ALGORITHMS.md section 0.3; see
-  :meth:`TopK.flare`).
+  FLARE code's per-tensor rule with ``density = R/100`` (docs/conventions.md, "Top-k
+  conventions differ between papers"; see :meth:`TopK.flare`).
 
 Selection is exact, ties broken towards the lower index (:func:`sparsecodec.topk_indices`).
 Deviation from the FLARE code, named here on purpose: FLARE keeps ``|x| > kth`` (strict), so

@@ -1,5 +1,5 @@
 """FedPM / regularized FedPM (fl.algorithms.fedpm, fl.masked): aggregation, regularizer,
-STE, really coded masks, engine integration (ALGORITHMS.md sections 4, 5, 0.4)."""
+STE, really coded masks, engine integration (docs/fedpm.md, including "Bit accounting")."""
 
 from __future__ import annotations
 

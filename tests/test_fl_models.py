@@ -1,5 +1,6 @@
-"""Tests of fl.models: parameter counts from ALGORITHMS.md, layer shapes, forward shapes,
-seeded initialisation (and no use of torch's global RNG), init laws, double softmax."""
+"""Tests of fl.models: documented parameter counts (docs/flare.md, docs/reproductions.md), layer
+shapes, forward shapes, seeded initialisation (and no use of torch's global RNG), init laws,
+double softmax."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from sparsecodec.errors import ConfigError
 
 # (name, options, documented parameter count)
 DOCUMENTED_COUNTS = [
-    ("flare-fc", {}, 36_356_525),                               # ALGORITHMS.md 1(c)
+    ("flare-fc", {}, 36_356_525),                               # FLARE FC, docs/flare.md "Models"
     ("flare-cnn", {}, 582_026),                                 # 832 + 51,264 + 524,800 + 5,130
     ("small-cnn", {}, 156 + 2_416 + 30_840 + 10_164 + 850),     # LeNet on 28x28, 10 classes
     ("logistic-regression", {}, 7_850),                         # T4 MNIST smoke: d = 7,850
@@ -140,7 +141,7 @@ def test_torch_default_law_and_zeros():
     assert all(torch.count_nonzero(p) == 0 for p in lin.parameters())
 
 
-DOUBLE_SOFTMAX_MIN_LOSS = math.log((math.e + 9) / math.e)   # ~1.4612, ALGORITHMS.md 1(c)
+DOUBLE_SOFTMAX_MIN_LOSS = math.log((math.e + 9) / math.e)   # ~1.4612, docs/flare.md "Models"
 
 
 def test_double_softmax_matches_keras_loss():

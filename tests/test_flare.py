@@ -85,8 +85,9 @@ def test_mask_is_strictly_above_the_median_per_tensor():
 
 # -- the E = 1 closed form and EC equivalences ------------------------------------------------
 def test_one_full_batch_step_is_sgd_plus_the_signed_push():
-    """ALGORITHMS.md 1(a): with E = 1 and batch = local data, FLARE's delta equals
-    -lr grad CE(w_k) + lr tau_k M * sign(A), followed by EC, on weights and biases."""
+    """docs/flare.md ("One full-batch step: a closed form"): with E = 1 and batch = local data,
+    FLARE's delta equals -lr grad CE(w_k) + lr tau_k M * sign(A), followed by EC, on weights
+    and biases."""
     algo, channel = FLARE(), Channel()
     cfg = algo.make_config(lr=0.3, momentum=0.99, batch_size=600, R=10.0, tau=0.5, decay=1.1)
     data, params = client(seed=2), initial_params()

@@ -1,5 +1,6 @@
-"""SparsyFed and Top-K pruning (fl.powerprop, fl.algorithms.sparsyfed; ALGORITHMS.md section 6,
-T8 unit checks): Powerprop gradients, activation pruning, pruning, metrics, real messages."""
+"""SparsyFed and Top-K pruning (fl.powerprop, fl.algorithms.sparsyfed; docs/sparsyfed.md, and the
+T8 unit checks of docs/reproductions.md): Powerprop gradients, activation pruning, pruning,
+metrics, real messages."""
 
 from __future__ import annotations
 

@@ -67,7 +67,7 @@ def _check(cond: bool, message: str) -> None:
 class TrainConfig:
     """Local training shared by the baselines: plain SGD(momentum), fresh every round.
 
-    Defaults are the FLARE code's MNIST-CNN setting (ALGORITHMS.md 1(b)): lr 0.215,
+    Defaults are the FLARE code's MNIST-CNN setting (docs/flare.md, "Hyperparameters"): lr 0.215,
     momentum 0.99 (Keras SGD, reset every round), batch 600 = the whole 600-image shard, one
     epoch, so one SGD step per round. ``weighted=False`` averages clients unweighted, as the
     FLARE code does (its clients hold equal data); ``True`` weights by sample count.

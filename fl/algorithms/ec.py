@@ -1,4 +1,4 @@
-"""EC: top-k with error feedback on the model delta (ALGORITHMS.md 2.2, the FLARE code's
+"""EC: top-k with error feedback on the model delta (docs/baselines.md, the FLARE code's
 ``client_update``)::
 
     a_i = delta_i + e_i;   s_i = TopK(a_i);   e_i <- a_i - s_i;   w <- w + mean_i s_i
@@ -37,7 +37,8 @@ __all__ = ["EC", "ECConfig", "ECClientState", "SparsifierConfig"]
 class SparsifierConfig(TrainConfig):
     """Local training plus the top-k message format (shared by EC and EF21).
 
-    ``R = 0.001`` (percent) is the FLARE papers' setting for every baseline (1(b)).
+    ``R = 0.001`` (percent) is the FLARE papers' setting for every baseline (docs/flare.md,
+    "Hyperparameters").
     """
 
     R: float = 0.001

@@ -1,4 +1,5 @@
-"""EF21 on model deltas (ALGORITHMS.md 2.3, the FLARE code's ``src/EF21_utils.py``)::
+"""EF21 (Richtárik et al., NeurIPS 2021) on model deltas (docs/baselines.md; the FLARE code's
+``src/EF21_utils.py``)::
 
     c_i = TopK(delta_i - g_i);   g_i <- g_i + c_i;   w <- w + mean_{i in S} g_i
 

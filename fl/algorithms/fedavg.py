@@ -1,4 +1,4 @@
-"""FedAvg (ALGORITHMS.md 2.1) with a dense, losslessly coded uplink.
+"""FedAvg (McMahan et al., AISTATS 2017; docs/baselines.md) with a dense, losslessly coded uplink.
 
 Client: ``E`` epochs of SGD(momentum) from the global model ``w``; send ``delta = x - w``
 through :class:`sparsecodec.Dense` (fp32, counted like every other message).

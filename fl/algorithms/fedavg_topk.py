@@ -1,5 +1,6 @@
 """FedAvg + TopK: top-k of the model delta with **no** error feedback (the "EC without
-feedback" baseline of ALGORITHMS.md 3(c) / T4)::
+feedback" baseline of the Sparse-ProxSkip comparisons: docs/sparse_proxskip.md, and T4 / T5 in
+docs/reproductions.md)::
 
     s_i = TopK(delta_i);   w <- w + mean_i s_i
 

@@ -1,5 +1,6 @@
 """FedPM (Isik et al., ICLR 2023) and regularized FedPM (Mestoukirdi et al., 2024), with the
-uploaded masks really entropy-coded (ALGORITHMS.md sections 4, 5 and 0.4).
+uploaded masks really entropy-coded (docs/fedpm.md: the algorithms, their bit accounting and
+this implementation).
 
 The weights ``W`` (and biases) of the network are random and **frozen**: the work model's
 seeded initialisation (``fedpm-mlp`` / ``fedpm-conv4``: signed constant ``+-e/sqrt(fan_in)``),
@@ -11,7 +12,7 @@ real score ``s`` per weight and per bias, ``theta = sigmoid(s)``. One round::
         s <- s_t;  Adam(lr 0.1) on s, state kept per client across rounds (official code)
         E = 3 epochs of minibatches (128):
             m ~ Bernoulli(sigmoid(s))            fresh sample every forward pass, every tensor
-            loss = CE(f(x; W * m), y) + (lambda_reg / n) * sum_j sigmoid(s_j)   [sec. 5; 0 = FedPM]
+            loss = CE(f(x; W * m), y) + (lambda_reg / n) * sum_j sigmoid(s_j)   [regularized; 0 = FedPM]
             STE: dL/dtheta := theta * dL/dm      (official ``Bern``; ``ste="plain"``: dL/dm)
         upload m_k ~ Bernoulli(sigmoid(s_k)), binary, MaskCodec under the global
             theta_t = sigmoid(s_t) as per-entry side information (both ends hold s_t)
@@ -27,10 +28,10 @@ for real: the ledger counts the mask frames the clients send. For comparison eac
 encodes its mask under the adaptive model (count of ones + enumerative code, no side
 information) and reports that frame's size; that message is built by the channel but never
 delivered or counted. The papers' figure, which runs no coder, is the ideal rate
-``H_b(f) + log2(d)/d`` (section 0.4), reported twice: ``ideal_bpp`` with f the fraction of
-ones of the binary mask (:func:`sparsecodec.bounds.fedpm_ideal_bpp`), and ``ideal_bpp_code``
-with f taken from the eps-smoothed mask as the official ``find_bitrate`` does
-(f = eps + (1 - 2 eps) f_true: nearer 1/2, slightly larger).
+``H_b(f) + log2(d)/d`` (docs/fedpm.md, "Bit accounting"), reported twice: ``ideal_bpp`` with f
+the fraction of ones of the binary mask (:func:`sparsecodec.bounds.fedpm_ideal_bpp`), and
+``ideal_bpp_code`` with f taken from the eps-smoothed mask as the official ``find_bitrate``
+does (f = eps + (1 - 2 eps) f_true: nearer 1/2, slightly larger).
 
 Side information: ``theta`` is recomputed on each end from the same fp32 scores by
 :func:`fl.masked.keep_probabilities` (float64), so the coder's 20-bit probabilities agree
@@ -49,6 +50,8 @@ Deviations from the official code (each also stated where results are reported):
 * The minibatch order and every Bernoulli sample come from the client's own seeded
   generator (the engine checkpoints it), not from the global RNG; samples are drawn as
   ``1[u < theta]`` (the law of ``torch.bernoulli``, ~3x faster on CPU).
+* A client stops its local training at the first non-finite loss (the official code trains
+  on): its mask is still binary and is uploaded as usual, and its loss is logged as NaN.
 * Options beyond the official behaviour: ``ste="plain"``, ``persistent_optimizer=False``
   (the Flower port's fresh Adam every round), ``weighted=True`` (Flower's sample-weighted
   mean), ``uplink_model="adaptive"`` (send the adaptive-model frame instead).
@@ -87,9 +90,9 @@ UPLINK_MODELS = ("global", "adaptive")
 
 @dataclass(frozen=True)
 class FedPMConfig:
-    """FedPM's hyperparameters (ALGORITHMS.md 4(b); the official code's values).
+    """FedPM's hyperparameters: the official code's values (docs/fedpm.md, "Hyperparameters").
 
-    ``lambda_reg``: weight of the regularizer ``(lambda/n) sum sigmoid(s)`` (section 5;
+    ``lambda_reg``: weight of the regularizer ``(lambda/n) sum sigmoid(s)`` (regularized FedPM;
     0 = FedPM). ``prior``: lambda0 of the Beta prior, reset every round. ``seed``: score
     initialisation and evaluation masks (the data order and training masks come from the
     engine's per-client generators).
@@ -145,7 +148,7 @@ class FedPMServerState(ServerState):
 
 # -- the pieces the tests pin down -------------------------------------------------------------
 def regularizer(scores: Mapping[str, torch.Tensor], lam: float) -> torch.Tensor:
-    """``(lam / n) * sum_j sigmoid(s_j)`` over every score of the model (section 5(a)).
+    """``(lam / n) * sum_j sigmoid(s_j)`` over every score of the model (docs/fedpm.md, "The regularizer").
 
     Its gradient is ``(lam / n) * sigmoid(s) * (1 - sigmoid(s))``.
     """
@@ -183,7 +186,8 @@ def aggregate_masks(masks: Sequence[Mapping[str, np.ndarray]], epsilon: float, p
 
 def ideal_bpp_code(mask_fraction: float, numel: int, epsilon: float) -> float:
     """The official ``find_bitrate``: ``H_b(f) + log2(d)/d`` with f the frequency of ones of
-    the eps-smoothed mask, ``eps + (1 - 2 eps) * (fraction of ones)`` (section 0.4)."""
+    the eps-smoothed mask, ``eps + (1 - 2 eps) * (fraction of ones)`` (docs/fedpm.md,
+    "Bit accounting")."""
     f = epsilon + (1.0 - 2.0 * epsilon) * mask_fraction
     return binary_entropy(f) + math.log2(numel) / numel
 

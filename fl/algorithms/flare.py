@@ -1,6 +1,7 @@
-"""FLARE: top-k error correction plus an L1 pull of the stale coordinates (ALGORITHMS.md 1(a)).
+"""FLARE: top-k error correction plus an L1 pull of the stale coordinates (docs/flare.md, "Algorithm").
 
-Greidi & Cohen, arXiv 2312.13795; ported from the official TF/TFF code
+Greidi & Cohen, *Sparse Training for Federated Learning with Regularized Error Correction*,
+arXiv 2312.13795; ported from the official TF/TFF code
 (``src/FLARE_utils.py:client_update_my_algo``, ``src/FLARE_regulerizer.py``,
 ``src/general_utils.py:sparsify_layer``). Client ``i`` in round ``k = 0, 1, ...``::
 
@@ -33,7 +34,7 @@ rank ``round_half_even((n - 1) * t / 100)`` of the sorted ``|A|``, and the mask 
 a client that is not sampled keeps its accumulator; ``tau_k`` uses the engine's round
 counter (``Link.round``), so it decays every round for everybody.
 
-Deviations (named on purpose):
+Deviations (named on purpose; collected with the others in docs/flare.md, "Deviations"):
 
 * Top-k ties (inherited from :class:`sparsecodec.TopK`, see :mod:`fl.algorithms.ec`): the
   code keeps ``|a| > kth`` and so keeps fewer than ``round(k)+1`` entries on exact ties at
@@ -83,7 +84,7 @@ __all__ = ["FLARE", "FLAREConfig", "FLAREClientState", "stale_mask", "percentile
 
 @dataclass(frozen=True)
 class FLAREConfig(SparsifierConfig):
-    """FLARE options; defaults are the official MNIST-CNN config (ALGORITHMS.md 1(b)).
+    """FLARE options; defaults are the official MNIST-CNN config (docs/flare.md, "Hyperparameters").
 
     ``tau`` is TAU, ``decay`` is c (``tau_k = tau / decay**(k+1)``), ``percentile`` is t
     (the mask keeps ``|A|`` strictly above the t-th percentile per tensor), ``reg_steps`` is

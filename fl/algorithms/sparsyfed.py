@@ -1,4 +1,4 @@
-"""SparsyFed and its Top-K pruning baseline (ALGORITHMS.md section 6; issue 7).
+"""SparsyFed (Guastella et al., ICLR 2025) and its Top-K pruning baseline (docs/sparsyfed.md; issue 7).
 
 Client round of ``sparsyfed`` (official ``client.fit`` -> ``get_train_and_prune``)::
 
@@ -16,10 +16,10 @@ re-pruned, so the global support is the union of the client masks. Downlink (``b
 the global model with the same per-tensor codecs (``TopK(k="nnz")`` for conv/linear weights:
 sparse where it is). The evaluated model is the aggregate, with activation pruning off.
 
-``topk-prune`` (section 6(c), the "Top-K" baseline): the same client round on the *plain* model
-(alpha = 1, no Powerprop, no activation pruning), the same pruning, messages and server. With
-``sparsity = 0`` it is the dense FedAvg baseline of the same code base (no pruning, ``Dense``
-uplink and downlink).
+``topk-prune`` (the "Top-K" baseline, docs/sparsyfed.md, "Baselines in the same code base"): the
+same client round on the *plain* model (alpha = 1, no Powerprop, no activation pruning), the same
+pruning, messages and server. With ``sparsity = 0`` it is the dense FedAvg baseline of the same
+code base (no pruning, ``Dense`` uplink and downlink).
 
 Per-round server metrics (``server_*`` in ``metrics.jsonl``), over the conv/linear weights:
 ``density`` (non-zeros of the new global model / N), ``regrowth`` (entries zero in the previous
@@ -32,16 +32,16 @@ A consequence worth knowing: with Powerprop (alpha > 1) a zero latent weight get
 gradient and zero weight decay, so every client's pruned model is supported inside the global
 support it received, and so is their weighted mean. SparsyFed's regrowth under FedAvg is
 therefore **exactly zero** after round 1 (global density can only fall towards 1 - S); the
-paper's "200x smaller" (non-zero) figure must come from something this spec does not contain
-(e.g. an adaptive server optimizer). Top-K regrows because zero weights get gradients.
+paper's "200x smaller" (non-zero) figure must come from something docs/sparsyfed.md does not
+describe (e.g. an adaptive server optimizer). Top-K regrows because zero weights get gradients.
 
-Deviations from ALGORITHMS.md section 6 (and the official code), named on purpose:
+Deviations from the official code as docs/sparsyfed.md describes it, named on purpose:
 
 * The lr schedule uses ``t - 1`` (round 1 trains with ``lr``); the official code passes Flower's
   1-based server round. The decay horizon ``lr_decay_rounds`` stays 700 by default even when a
   run is shorter (as the code's fixed 700).
 * Top-k ties in the pruning are broken towards the lower index in the order of the state_dict
-  (``sparsecodec.topk_indices``), not by ``torch.topk``; the number kept is torch's
+  (``sparsecodec.topk_indices_global``), not by ``torch.topk``; the number kept is torch's
   ``N - round(S * N)`` (Python round).
 * No 10 % per-client validation split (the engine evaluates the global model on the test set).
 * Client sampling and minibatch order come from the engine's seeded generators (not seed 9421).
@@ -81,7 +81,8 @@ Tensors = dict[str, np.ndarray]
 
 @dataclass(frozen=True)
 class TopKPruneConfig(TrainConfig):
-    """Options shared by both algorithms (official ``cifar_resnet18.yaml`` defaults, 6(b)).
+    """Options shared by both algorithms (official ``cifar_resnet18.yaml`` defaults,
+    docs/sparsyfed.md, "Hyperparameters").
 
     ``lr`` -> ``lr_final`` exponentially over ``lr_decay_rounds``; SGD without momentum, weight
     decay 1e-3; batch 16, 1 epoch; sample-weighted FedAvg; target sparsity ``sparsity``.
