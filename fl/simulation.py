@@ -25,7 +25,8 @@ that torch device; the generators stay on the CPU and the codecs get CPU numpy c
 ``bit_generator.state``, every client generator's ``get_state()``, the ledger and the metrics,
 so ``resume`` continues to a bit-identical model, metrics and ledger. Checkpoints are data, not
 code (:mod:`fl.checkpoint`: no pickle, a SHA-256 digest); they also hold the patch downlink's
-bookkeeping and every client's model replica (:mod:`fl.downlink`).
+bookkeeping and every client's model replica (:mod:`fl.downlink`). The run driver (``run()``,
+its output files, progress bar and ``summary()``) is :mod:`fl.runner`'s.
 
     >>> from fl.config import resolve_config
     >>> cfg = resolve_config(algorithm="fedavg", sets=["rounds=1", "sim.clients=2",
@@ -39,13 +40,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import os
-import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,26 +60,18 @@ from .config import RunConfig, build_config
 from .data import Dataset, load_dataset
 from .downlink import DownlinkServer, Replica, ReplicaMismatchError
 from .models import build_model, count_parameters
+from .runner import (CHECKPOINT, LEDGER, METRICS, MODEL, SUMMARY,  # re-exported (__all__)
+                     RunDriver, RunResult, load_model_bytes)
+from .runner import _bound, _fmt, _median_bits, _progress  # noqa: F401 - were importable from here
 
 __all__ = ["Simulation", "RunResult", "run_simulation", "CHECKPOINT", "METRICS", "SUMMARY",
            "LEDGER", "MODEL", "load_model_bytes"]
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT, METRICS, SUMMARY, LEDGER, MODEL = (
-    "checkpoint.ckpt", "metrics.jsonl", "summary.json", "ledger.jsonl", "model.sc")
 CHECKPOINT_FORMAT = 1
 # settings that may change between a checkpoint and its resume without changing the result
 _RESUMABLE_CHANGES = {("rounds",), ("sim", "checkpoint_every")}
-
-
-@dataclass
-class RunResult:
-    params: dict[str, np.ndarray]
-    metrics: list[dict[str, Any]]
-    ledger: Ledger
-    summary: dict[str, Any]
-    out_dir: Path | None = None
 
 
 def _seed_of(ss: np.random.SeedSequence) -> int:
@@ -108,13 +97,9 @@ def _partition(config: RunConfig, ds: Dataset, rng: np.random.Generator) -> list
     return writers[:n] if n else writers
 
 
-def load_model_bytes(data: bytes) -> dict[str, np.ndarray]:
-    """Decode a saved ``model.sc`` (a Dense bundle) into ``{name: array}``."""
-    return sc.decode_bundle(data)
-
-
-class Simulation:
-    """One configured run, steppable round by round (``run()`` does the whole loop).
+class Simulation(RunDriver):
+    """One configured run, steppable round by round (``run()`` does the whole loop: it, the
+    output files and ``summary()`` come from :class:`fl.runner.RunDriver`).
 
     ``algorithm`` overrides the registry's object (tests inject failing clients this way);
     ``channel`` overrides the default :class:`~fl.channel.Channel` (e.g. with a ``tap``).
@@ -383,126 +368,6 @@ class Simulation:
         algorithm's own state types (an injected test algorithm may define more)."""
         return ()
 
-    # -- the loop ----------------------------------------------------------------------------
-    def run(self, out_dir: str | os.PathLike | None = None, *, resume: bool = False,
-            stop_after: int | None = None, progress: bool = False,
-            on_round: Callable[[dict], None] | None = None) -> RunResult:
-        """Run to ``config.rounds`` (or stop after round ``stop_after``, as an interruption).
-
-        With ``out_dir``: ``metrics.jsonl`` grows by one line per round, ``checkpoint.ckpt``
-        every ``sim.checkpoint_every`` rounds and at the end; at the end ``summary.json``,
-        ``ledger.jsonl`` and ``model.sc`` (the global model as a lossless Dense bundle).
-        ``resume=True`` continues from ``out_dir/checkpoint.ckpt``.
-        """
-        out = Path(out_dir) if out_dir is not None else None
-        if resume:
-            if out is None or not (out / CHECKPOINT).is_file():
-                raise ConfigError(f"--resume needs {CHECKPOINT} in the output directory {out}")
-            self.load_checkpoint(out / CHECKPOINT)
-            log.info("resumed %s after round %d", out, self.rounds_done)
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / METRICS).write_text("".join(json.dumps(m) + "\n" for m in self.metrics))
-        start = time.perf_counter()
-        last = self.config.rounds if stop_after is None else min(stop_after, self.config.rounds)
-        bar = _progress(progress, self.config.rounds, self.rounds_done, self.config.algorithm)
-        every = self.config.sim.checkpoint_every
-        try:
-            while self.rounds_done < last:
-                line = self.step()
-                if out is not None:
-                    with open(out / METRICS, "a") as f:
-                        f.write(json.dumps(line) + "\n")
-                    if (every and self.rounds_done % every == 0) or self.rounds_done == last:
-                        self.save_checkpoint(out / CHECKPOINT)
-                if bar is not None:
-                    bar.set_postfix(acc=_fmt(self.last_accuracy()),
-                                    up_bits=f"{line['cum_uplink_bits']:.3g}",
-                                    down_bits=f"{line['cum_downlink_bits']:.3g}", refresh=False)
-                    bar.update(1)
-                if on_round is not None:
-                    on_round(line)
-        finally:
-            if bar is not None:
-                bar.close()
-        summary = self.summary(wall_seconds=time.perf_counter() - start)
-        if out is not None:
-            (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
-            (out / LEDGER).write_text(self.ledger.to_jsonl())
-            (out / MODEL).write_bytes(self.model_bytes())
-        return RunResult(self.params, self.metrics, self.ledger, summary, out)
-
-    def model_bytes(self) -> bytes:
-        """The global model as a lossless Dense bundle (stable bytes: resume tests compare them)."""
-        return bytes(sc.encode_bundle(self.params, sc.Dense()))
-
-    def last_accuracy(self) -> float | None:
-        for m in reversed(self.metrics):
-            if m.get("accuracy") is not None:
-                return m["accuracy"]
-        return None
-
-    def summary(self, wall_seconds: float | None = None) -> dict[str, Any]:
-        led = self.ledger
-        up, down = led.total_bits(direction="up"), led.total_bits(direction="down")
-        n_up = len(led.records(direction="up"))
-        evaluated = [m for m in self.metrics if m.get("test_loss") is not None]
-        accs = [m["accuracy"] for m in evaluated if m.get("accuracy") is not None]
-        client_rounds = len({(r.round, r.client) for r in led})
-        summary = {
-            "algorithm": self.config.algorithm, "dataset": self.config.dataset,
-            "model": self.config.model, "rounds": self.rounds_done, "num_params": self.num_params,
-            "clients": len(self.clients), "clients_per_round": self.config.sim.clients_per_round or len(self.clients),
-            "final_accuracy": accs[-1] if accs else None,
-            "best_accuracy": max(accs) if accs else None,
-            "final_test_loss": evaluated[-1]["test_loss"] if evaluated else None,
-            "uplink_bits": up, "downlink_bits": down,
-            "uplink_messages": n_up,
-            "uplink_bits_per_client_round": up / n_up if n_up else None,
-            "uplink_bpp": up / led.total_numel(direction="up") if n_up else None,
-            "downlink_bpp": down / led.total_numel(direction="down") if down else None,
-            "uplink_sections": led.by_section(direction="up"),
-            "downlink_sections": led.by_section(direction="down"),
-            # per client-round: a sampled client's download(s) and upload in one round
-            "client_rounds": client_rounds,
-            "downlink_bits_per_client_round": down / client_rounds if client_rounds else None,
-            "total_bits_per_client_round": (up + down) / client_rounds if client_rounds else None,
-            "uplink_bound_bits_per_client_round": _bound(led, "up") / client_rounds if client_rounds else None,
-            "downlink_bound_bits_per_client_round": _bound(led, "down") / client_rounds if client_rounds else None,
-            "uplink_median_bits": _median_bits(led, "up"),
-            "downlink_median_bits": _median_bits(led, "down"),
-            "downlink_median_bits_from_round_3": _median_bits(led, "down", first_round=3),
-            "wire": self.config.sim.wire, "downlink": self.config.sim.downlink,
-            "dropped_updates": sum(len(m["dropped"]) for m in self.metrics),
-            "wall_seconds": wall_seconds,
-            "config": self.config.to_dict(),
-        }
-        extra = self.algorithm.summarize(self.metrics)
-        clash = sorted(set(extra) & set(summary))
-        if clash:
-            raise ValueError(f"{type(self.algorithm).__name__}.summarize() may not overwrite {clash}")
-        summary.update(extra)
-        return summary
-
-
-def _bound(ledger: Ledger, direction: str) -> float:
-    """Sum of the messages' bounds (:attr:`LedgerRecord.bound_bits`); a message without one
-    (a self-describing bundle) counts its payload bits, i.e. everything but its header and
-    checksum sections."""
-    total = 0.0
-    for r in ledger.records(direction=direction):
-        if r.bound_bits is not None:
-            total += r.bound_bits
-        else:
-            total += sum(b for secs in r.tensor_sections.values() for k, b in secs.items()
-                         if k not in ("header", "checksum", "rejected"))
-    return total
-
-
-def _median_bits(ledger: Ledger, direction: str, first_round: int = 1) -> float | None:
-    bits = [r.nbits for r in ledger.records(direction=direction) if r.round >= first_round]
-    return float(np.median(bits)) if bits else None
-
 
 #: in-process patch downlinks keep one model replica per client (client-side state)
 REPLICA_MEMORY_LIMIT = 8 << 30
@@ -529,18 +394,6 @@ def _check_resumable(saved: dict[str, Any], current: dict[str, Any]) -> None:
     walk(saved, current)
     if diffs:
         raise ConfigError("cannot resume: the config differs from the checkpoint's in " + "; ".join(diffs))
-
-
-def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4f}"
-
-
-def _progress(enabled: bool, total: int, initial: int, name: str):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc=name, unit="round", dynamic_ncols=True)
 
 
 def run_simulation(config: RunConfig | dict, out_dir: str | os.PathLike | None = None, *,
