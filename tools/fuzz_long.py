@@ -24,6 +24,10 @@ worker stuck on one input for ``--timeout`` seconds. Counted per target:
   that decodes to something other than the original.
 
 Results: ``<out>/fuzz_seed<seed>_n<count>.json`` and ``.md``.
+
+This module is the parent: the run loop (handing out chunks, watching heartbeats, confirming
+hangs), the report, ``--replay`` and the CLI. The corpus and the mutation are in
+``fuzz_corpus.py``, what runs in the child processes in ``fuzz_worker.py``.
 """
 
 from __future__ import annotations
@@ -35,430 +39,30 @@ import multiprocessing as mp
 import os
 import pickle
 import platform
-import random
-import resource
 import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
 from multiprocessing.connection import wait
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 MAX_EVENTS = 40            # reproducers kept per kind
 CHUNK = 1000
 
-
-# -- the corpus ------------------------------------------------------------------------------------
-def _sim_state(quick: bool) -> dict:
-    """A real ``Simulation.state_dict()`` after one round (``quick``: a hand-built look-alike)."""
-    import numpy as np
-
-    from fl.algorithms.base import ServerState
-    from fl.algorithms.ec import ECClientState
-
-    if quick:
-        import sparsecodec as sc
-
-        ef = ECClientState()
-        ef.feedback.step("w", np.linspace(-1, 1, 12, dtype=np.float32), sc.TopK(k=3))
-        return {"format": 1, "rounds_done": 1, "server": ServerState({"w": np.ones(12, np.float32)}),
-                "client_states": {0: ef, 1: ECClientState()}, "client_generators": [bytes(range(40))],
-                "sample_rng": np.random.default_rng(0).bit_generator.state,
-                "metrics": [{"round": 1, "accuracy": 0.5, "train_loss": None}], "ledger": []}
-    from fl.config import resolve_config
-    from fl.simulation import Simulation
-
-    sets = ["dataset=synthetic-logistic", "data.n_train=60", "data.n_test=20", "data.dim=4",
-            "data.num_classes=2", "model=logistic-regression", "model_options.in_features=4",
-            "model_options.num_classes=2", "model_options.init=torch_default", "rounds=1",
-            "sim.clients=3", "sim.clients_per_round=2", "sim.checkpoint_every=0", "algo.batch_size=8",
-            "algo.ec.density=0.3"]
-    sim = Simulation(resolve_config(algorithm="ec", sets=sets))
-    sim.run()
-    return sim.state_dict()
-
-
-_TINY_EC = ["dataset=synthetic-logistic", "data.n_train=60", "data.n_test=20", "data.dim=4",
-            "data.num_classes=2", "model=logistic-regression", "model_options.in_features=4",
-            "model_options.num_classes=2", "model_options.init=torch_default", "rounds=1",
-            "sim.clients=3", "sim.clients_per_round=2", "sim.checkpoint_every=0", "algo.batch_size=8",
-            "algo.ec.density=0.3"]
-
-
-def _tiny_sim():
-    from fl.config import resolve_config
-    from fl.simulation import Simulation
-
-    return Simulation(resolve_config(algorithm="ec", sets=_TINY_EC))
-
-
-def _uplinks() -> list[tuple[int, bytes, Any]]:
-    """Round 1's uplink messages of a tiny EC run (compact wire) and the server's spec."""
-    from fl.channel import Channel
-
-    seen = []
-    sim = _tiny_sim()
-    sim.channel = Channel(tap=lambda m, c: seen.append(m))
-    sim.step()
-    return [(m.client, m.data, sim._round_spec) for m in seen if m.direction == "up"]
-
-
-def _client_dropped():
-    from sparsecodec.errors import SparseCodecError
-
-    class ClientDropped(SparseCodecError):
-        """The server's receive path dropped the client: the documented outcome of hostile bytes
-        (anything it raises instead is an aborted server round, counted under "other")."""
-    return ClientDropped
-
-
-ClientDropped = _client_dropped()
-
-
-def build_corpus(seed: int, quick: bool = False) -> list[dict]:
-    """Valid inputs of every target: ``{"target", "name", "data", "kwargs", "crc"}``."""
-    import numpy as np
-
-    import sparsecodec as sc
-    from fl.checkpoint import save_checkpoint
-    from fl.flower.state import encode_state
-    from sparsecodec.indices import INDEX_CODERS
-    from sparsecodec.values import VALUE_CODERS
-
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((7, 13)).astype(np.float32)
-    mask = rng.random((5, 17)) < 0.3
-    probs = np.clip(rng.random(mask.size), 0.05, 0.95)
-    out: list[dict] = []
-
-    def add(target: str, name: str, data, crc: bool, **kwargs: Any) -> None:
-        out.append({"target": target, "name": name, "data": bytes(data), "crc": crc, "kwargs": kwargs})
-
-    for crc in (False, True):
-        tag = "crc" if crc else "nocrc"
-        for index in INDEX_CODERS:
-            for values in VALUE_CODERS:
-                add("decode", f"topk-{index}-{values}-{tag}",
-                    sc.TopK(k=20, index=index, values=values, checksum=crc).encode(x), crc)
-        sparse = np.where(mask, 1.5, 0).astype(np.float32)
-        add("decode", f"topk-nnz-{tag}", sc.TopK(k="nnz", checksum=crc).encode(sparse), crc)
-        for comp in (None, "zstd"):
-            for dt in (np.float32, np.float64, np.float16):
-                add("decode", f"dense-{comp or 'raw'}-{np.dtype(dt).name}-{tag}",
-                    sc.Dense(compression=comp, checksum=crc).encode(x.astype(dt)), crc)
-        mc = sc.MaskCodec(checksum=crc)
-        add("decode", f"mask-adaptive-bool-{tag}", mc.encode(mask), crc)
-        add("decode", f"mask-adaptive-uint8-{tag}", mc.encode(mask.astype(np.uint8)), crc)
-        add("decode", f"mask-fixed-{tag}", mc.encode(mask, p=0.3), crc)
-        add("decode", f"mask-per-entry-{tag}", mc.encode(mask, p=probs.reshape(mask.shape)), crc,
-            p=probs.reshape(mask.shape))
-        tensors = {"w": x, "b": x[0].copy(), "m": mask}
-        codecs = {"w": sc.TopK(k=10), "b": sc.Dense(compression="zstd"), "m": sc.MaskCodec()}
-        add("bundle", f"bundle-mixed-{tag}", sc.encode_bundle(tensors, codecs, checksum=crc), crc)
-        add("bundle", f"bundle-global-topk-{tag}",
-            sc.encode_bundle({"w": x, "b": x[0].copy()}, sc.TopK(k=12), scope="global", checksum=crc), crc)
-        side = {"m": {"p": probs.reshape(mask.shape)}}
-        add("bundle", f"bundle-mask-side-{tag}", sc.encode_bundle(tensors, codecs, side=side, checksum=crc),
-            crc, side=side)
-        schema = sc.Schema.from_tensors(tensors)
-        add("bundle", f"schema-bundle-{tag}", sc.encode_bundle(tensors, codecs, schema=schema, checksum=crc),
-            crc, schema=schema)
-        add("decode", f"generic-decode-schema-bundle-{tag}",
-            sc.encode_bundle(tensors, codecs, schema=schema, checksum=crc), crc, schema=schema)
-        try:
-            spec = sc.MessageSpec(sc.Schema.from_tensors({"w": x, "b": x[0].copy()}), sc.TopK.flare(R=0.5))
-            add("packed", f"packed-flare-{tag}",
-                sc.encode_packed({"w": x, "b": x[0].copy()}, spec, checksum=crc), crc, spec=spec)
-        except (AttributeError, ImportError):    # compact messages not in this checkout
-            pass
-    try:                                       # issue 15's patches and the server's receive path
-        from sparsecodec.patch import changed_positions, encode_patch
-
-        old = {"w": x, "b": x[0].copy()}
-        new = {"w": x.copy(), "b": x[0].copy()}
-        new["w"].reshape(-1)[rng.choice(x.size, 9, replace=False)] += 1
-        pschema = sc.Schema.from_tensors(old)
-        for crc in (False, True):
-            add("patch", f"patch-{'crc' if crc else 'nocrc'}",
-                encode_patch(new, {n: changed_positions(old[n], new[n]) for n in old}, pschema,
-                             base=3, version=4, checksum=crc), crc, schema=pschema, old=old)
-        for cid, data, spec in _uplinks():
-            add("server_receive", f"server-receive-client{cid}", data, True, client=cid, spec=spec)
-    except ImportError:
-        pass
-    state = _sim_state(quick)
-    for name, s in _states(rng).items():
-        add("state", f"state-{name}", encode_state(s), False)
-    add("state", "state-simulation", encode_state(state), False)
-    with tempfile.TemporaryDirectory() as d:
-        save_checkpoint(Path(d) / "c.ckpt", state)
-        ckpt = (Path(d) / "c.ckpt").read_bytes()
-    add("checkpoint", "checkpoint-simulation", ckpt, True)
-    add("checkpoint_resigned", "checkpoint-resigned-payload", encode_state(state), False)
-    return out
-
-
-def _states(rng) -> dict[str, Any]:
-    import numpy as np
-    import torch
-
-    import sparsecodec as sc
-    from fl.algorithms.ec import ECClientState
-    from fl.algorithms.ef21 import EF21ServerState
-    from fl.algorithms.fedpm import FedPMClientState
-    from fl.algorithms.proxskip import ProxSkipClientState
-
-    ec = ECClientState()
-    ec.feedback.step("w", rng.standard_normal(9).astype(np.float32), sc.TopK(k=2))
-    w = torch.nn.Parameter(torch.zeros(3, 2))
-    opt = torch.optim.Adam([w], lr=0.1)
-    w.grad = torch.ones(3, 2)
-    opt.step()
-    p = {"w": rng.standard_normal((2, 3)).astype(np.float32)}
-    return {"ec": ec, "fedpm-adam": FedPMClientState(opt.state_dict()),
-            "ef21-server": EF21ServerState(p, {1: p}),
-            "proxskip": ProxSkipClientState(p["w"].ravel(), None, 3),
-            "plain": {0: (1, 2.5, None, b"\x01"), "lr": [0.1, True], "a": np.arange(4, dtype=np.int64),
-                      "t": torch.arange(3, dtype=torch.bfloat16), "s": np.float64(2.0)}}
-
-
-# -- mutation --------------------------------------------------------------------------------------
-_OPS = ("flip", "flip", "flip", "byte", "magic", "truncate", "insert", "delete", "dup", "ff", "splice",
-        "append")
-
-
-def mutate(corpus: list[dict], seed: int, i: int) -> tuple[int, bytes, bool]:
-    """(seed index, mutated bytes, was it one bit flip) of input ``i``: a pure function."""
-    r = random.Random((seed << 40) ^ i)
-    j = i % len(corpus)
-    b = bytearray(corpus[j]["data"])
-    ops = [r.choice(_OPS) for _ in range(1 + (r.random() < 0.3) + (r.random() < 0.1))]
-    for op in ops:
-        n = len(b)
-        at = r.randrange(n) if n else 0
-        if op == "flip" and n:
-            b[at] ^= 1 << r.randrange(8)
-        elif op == "byte" and n:
-            b[at] = r.randrange(256)
-        elif op == "magic" and n:
-            b[at] = r.choice((0, 1, 2, 0x7F, 0x80, 0xFE, 0xFF))
-        elif op == "truncate":
-            del b[at:]
-        elif op == "insert":
-            b[at:at] = bytes(r.randrange(256) for _ in range(r.randint(1, 8)))
-        elif op == "delete":
-            del b[at:at + r.randint(1, 16)]
-        elif op == "dup" and n:
-            chunk = b[at:at + r.randint(1, 32)]
-            to = r.randrange(n)
-            b[to:to] = chunk
-        elif op == "ff" and n:
-            b[at:at + r.randint(2, 9)] = b"\xff" * r.randint(2, 9)
-        elif op == "splice":
-            same = [c for c in corpus if c["target"] == corpus[j]["target"]]
-            other = r.choice(same)["data"]
-            b[at:] = other[r.randrange(len(other) + 1):]
-        elif op == "append":
-            b += bytes(r.randrange(256) for _ in range(r.randint(1, 8)))
-    return j, bytes(b), ops == ["flip"]
-
-
-# -- running one input -----------------------------------------------------------------------------
-class Runner:
-    def __init__(self, max_numel: int, workdir: str) -> None:
-        self.max_numel, self.path = max_numel, Path(workdir) / "fuzz.ckpt"
-        self._sim = None          # the server_receive target's engine, built on first use
-
-    def __call__(self, seed: dict, data: bytes) -> Any:
-        import sparsecodec as sc
-        from fl.checkpoint import load_checkpoint
-        from fl.flower.state import decode_state
-
-        t, kw, m = seed["target"], seed["kwargs"], self.max_numel
-        if t == "decode":
-            return sc.decode(data, max_numel=m, **kw)
-        if t == "bundle":
-            return sc.decode_bundle(data, max_numel=m, **kw)
-        if t == "packed":
-            return sc.decode_packed(data, kw["spec"], max_numel=m)
-        if t == "patch":
-            from sparsecodec.patch import apply_patch, decode_patch
-
-            replica = {n: a.copy() for n, a in kw["old"].items()}
-            apply_patch(replica, 3, decode_patch(data, kw["schema"], max_numel=m), kw["schema"])
-            return replica
-        if t == "server_receive":            # the whole server half: never raises, drops instead
-            from fl.channel import Message
-
-            if self._sim is None:
-                self._sim = _tiny_sim()
-            self._sim._round_spec = kw["spec"]
-            msg = Message(data, 1, kw["client"], "up", {}, {}, 0)
-            update, reason = self._sim._receive(0, kw["client"], msg, None, 20, {})
-            if update is None:
-                raise ClientDropped(reason)
-            return dict(update.tensors)
-        if t == "state":
-            return decode_state(data, max_numel=m, max_bytes=1 << 24, max_skeleton_bytes=1 << 20)
-        if t == "checkpoint_resigned":         # a crafted file: any payload, a matching digest
-            import hashlib
-            import struct
-
-            from fl.checkpoint import MAGIC
-            header = json.dumps({"format": "fl.checkpoint", "version": 1, "encoding": "FLST2",
-                                 "payload_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()},
-                                separators=(",", ":"), sort_keys=True).encode()
-            data = MAGIC + struct.pack("<HI", 1, len(header)) + header + data
-        self.path.write_bytes(data)
-        return load_checkpoint(self.path, max_bytes=1 << 24, max_numel=m, max_skeleton_bytes=1 << 20)
-
-    def limit_bytes(self, seed: dict) -> int:
-        """The caller's limit in bytes: max_numel elements of the widest dtype the target makes."""
-        return self.max_numel * (8 if seed["target"] in ("decode", "bundle", "packed", "patch",
-                                                         "server_receive") else 16)
-
-
-def fingerprint(x: Any) -> Any:
-    """A comparable view of a decoded value (arrays by dtype, shape and bytes)."""
-    import numpy as np
-
-    if isinstance(x, np.ndarray):
-        return ("nd", x.dtype.str, x.shape, x.tobytes())
-    if isinstance(x, dict):
-        return ("dict", tuple((k, fingerprint(v)) for k, v in x.items()))
-    if isinstance(x, (list, tuple)):
-        return (type(x).__name__, tuple(fingerprint(v) for v in x))
-    from fl.flower.state import encode_state
-    try:
-        return ("state", encode_state(x))
-    except Exception:
-        return ("repr", repr(x))
-
-
-def shape_of(x: Any) -> Any:
-    import numpy as np
-
-    if isinstance(x, np.ndarray):
-        return (x.dtype.str, x.shape)
-    if isinstance(x, dict):
-        return tuple((k, shape_of(v)) for k, v in x.items())
-    return type(x).__name__
-
-
-def _new_stats() -> dict:
-    return {"inputs": 0, "ok": 0, "documented": {}, "other": {}, "crashes": 0, "hangs": 0, "slow": 0,
-            "silent_changes": 0, "valid_seed_bytes": 0, "nocrc_single_flip_shape_changes": 0,
-            "traced": 0, "peak_traced_bytes": 0, "over_memory_limit": 0}
-
-
-# -- the worker ------------------------------------------------------------------------------------
-def _vm_size() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _injected(kind: str, limit: int) -> Any:
-    """What ``--inject`` does at one input: proves each detector fires (the tests use it)."""
-    if kind == "crash":
-        os.kill(os.getpid(), 9)
-    if kind == "hang":
-        time.sleep(3600)
-    if kind == "slow":                  # slow in the worker only, like a first-use compile
-        return time.sleep(5) if limit else None
-    if kind == "memory":
-        return bytearray(3 * limit)
-    raise TypeError("injected: an exception outside SparseCodecError")
-
-
-def worker_main(conn, corpus_path: str, seed: int, max_numel: int, trace_every: int,
-                as_margin: int, cur, t0, c0, inject: dict[int, str]) -> None:
-    for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[v] = "1"
-    import sparsecodec as sc
-
-    with open(corpus_path, "rb") as f:
-        corpus, refs = pickle.load(f)       # our own file, written by the parent just now
-    workdir = tempfile.mkdtemp(prefix="fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
-    run = Runner(max_numel, workdir)
-    seeds = {s["data"] for s in corpus}
-    for s in corpus:                       # warm-up: imports (torch for states) before the limit
-        run(s, s["data"])
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    limit = _vm_size() + as_margin
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    try:
-        while True:
-            task = conn.recv()
-            if task is None:
-                break
-            start, stop, skip = task
-            stats: dict[str, dict] = {}
-            events: list[dict] = []
-            for i in range(start, stop):
-                if i in skip:
-                    continue
-                j, data, single_flip = mutate(corpus, seed, i)
-                s = corpus[j]
-                st = stats.setdefault(s["target"], _new_stats())
-                st["inputs"] += 1
-                traced = trace_every > 0 and (i // len(corpus)) % trace_every == 0   # every seed
-                cur.value, c0.value, t0.value = i, time.process_time(), time.monotonic()
-                if traced:
-                    tracemalloc.start()
-                try:
-                    out, err = (run(s, data) if i not in inject
-                                else _injected(inject[i], run.limit_bytes(s))), None
-                except sc.SparseCodecError as exc:
-                    out, err = None, exc
-                except BaseException as exc:       # MemoryError, TypeError ...: findings
-                    out, err = None, exc
-                finally:
-                    if traced:
-                        peak = tracemalloc.get_traced_memory()[1]
-                        tracemalloc.stop()
-                t0.value = 0.0
-                if traced:
-                    st["traced"] += 1
-                    st["peak_traced_bytes"] = max(st["peak_traced_bytes"], peak)
-                    if peak > 2 * run.limit_bytes(s):
-                        st["over_memory_limit"] += 1
-                        events.append(_event("memory", s, i, data, f"tracemalloc peak {peak} bytes"))
-                if err is None:
-                    st["ok"] += 1
-                    if i in inject:
-                        pass
-                    elif data in seeds:            # the mutations rebuilt a valid seed's bytes
-                        st["valid_seed_bytes"] += 1
-                    elif s["crc"] and fingerprint(out) != refs[j][0]:
-                        st["silent_changes"] += 1
-                        events.append(_event("silent", s, i, data, "decoded to different values"))
-                    elif not s["crc"] and single_flip and s["target"] in ("decode", "bundle") \
-                            and shape_of(out) != refs[j][1]:
-                        st["nocrc_single_flip_shape_changes"] += 1
-                elif isinstance(err, sc.SparseCodecError):
-                    name = type(err).__name__
-                    st["documented"][name] = st["documented"].get(name, 0) + 1
-                else:
-                    name = type(err).__name__
-                    st["other"][name] = st["other"].get(name, 0) + 1
-                    events.append(_event("other", s, i, data, f"{name}: {str(err)[:300]}"))
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base_rss
-            conn.send({"stats": stats, "events": events, "rss_growth": rss})
-    finally:
-        import shutil
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _event(kind: str, s: dict, i: int, data: bytes, what: str) -> dict:
-    return {"kind": kind, "target": s["target"], "seed_name": s["name"], "input": i, "what": what,
-            "bytes_b64": base64.b64encode(data[:4096]).decode(), "len": len(data)}
+if __package__:                    # imported as tools.fuzz_long
+    from .fuzz_corpus import _OPS, _TINY_EC, _sim_state, _states, _tiny_sim, _uplinks  # noqa: F401
+    from .fuzz_corpus import build_corpus, mutate
+    from .fuzz_worker import ClientDropped, _client_dropped, _injected, _vm_size  # noqa: F401
+    from .fuzz_worker import (Runner, _confirm_child, _event, _new_stats, fingerprint, shape_of,
+                              worker_main)
+else:                              # run as a script, or imported with tools/ on sys.path (the tests)
+    from fuzz_corpus import _OPS, _TINY_EC, _sim_state, _states, _tiny_sim, _uplinks  # noqa: F401
+    from fuzz_corpus import build_corpus, mutate
+    from fuzz_worker import ClientDropped, _client_dropped, _injected, _vm_size  # noqa: F401
+    from fuzz_worker import (Runner, _confirm_child, _event, _new_stats, fingerprint, shape_of,
+                             worker_main)
 
 
 # -- the parent ------------------------------------------------------------------------------------
@@ -489,21 +93,6 @@ class Worker:
     def kill(self) -> None:
         self.proc.kill()
         self.proc.join()
-
-
-def _confirm_child(conn, corpus: list[dict], args, i: int) -> None:
-    j, data, _ = mutate(corpus, args.seed, i)
-    with tempfile.TemporaryDirectory() as d:
-        run, times, outcome = Runner(args.max_numel, d), [], ""
-        for _ in range(2):                # the second run shows the cost without first-use work
-            t = time.monotonic()
-            try:
-                run(corpus[j], data) if i not in args.inject else _injected(args.inject[i], 0)
-                outcome = "decoded"
-            except BaseException as exc:
-                outcome = type(exc).__name__
-            times.append(time.monotonic() - t)
-    conn.send((times, outcome))
 
 
 def _confirm(ctx, corpus: list[dict], args, i: int) -> tuple[str, str]:
