@@ -54,6 +54,7 @@ from .errors import (
     TruncatedFrameError,
     UnsupportedVersionError,
 )
+from ._bytes import crc8, encode_varint   # re-exported: the wire's byte-level primitives
 from .registry import BUNDLE_WIRE_ID, SCHEMA_BUNDLE_WIRE_ID   # the registry owns wire ids
 
 __all__ = [
@@ -96,40 +97,6 @@ _DTYPE_FROM_CODE = {v: np.dtype(k) for k, v in DTYPE_CODES.items()}
 _INTP_MAX = int(np.iinfo(np.intp).max)
 
 
-def _crc8_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        c = byte
-        for _ in range(8):
-            c = ((c << 1) ^ 0x07) & 0xFF if c & 0x80 else (c << 1) & 0xFF
-        table.append(c)
-    return table
-
-
-_CRC8 = _crc8_table()
-
-
-def crc8(data: bytes) -> int:
-    """CRC-8 (polynomial 0x07): detects every single-bit error; guards tensor headers."""
-    c = 0
-    for b in data:
-        c = _CRC8[c ^ b]
-    return c
-
-
-def encode_varint(value: int) -> bytes:
-    """Unsigned LEB128 (shortest form)."""
-    if value < 0:
-        raise ConfigError(f"varint must be >= 0, got {value}")
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 class Frame(bytes):
