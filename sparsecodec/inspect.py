@@ -200,18 +200,18 @@ class _Sections:
 
 
 def _topk_body(r: FrameReader, sec: _Sections, decoded, side) -> dict[str, Any]:
-    from .topk import index_coder_names
-    from .values import value_coder_name, value_payload_bytes
+    from .topk import index_coder_names, read_value_coder
+    from .values import value_payload_bytes
 
     start = r.pos
     dtype, shape, numel = r.tensor_header()
     config = r.u8("config byte")
-    sec.add("header", r.pos - start)
     names = index_coder_names()
     if config & 0x0F not in names:   # read unverified with verify=False: check it here
         raise CorruptFrameError(f"unknown index coder id {config & 0x0F}")
     index = names[config & 0x0F]
-    values = value_coder_name((config >> 4) & 0x07)
+    values = read_value_coder(r, config)
+    sec.add("header", r.pos - start)
     start = r.pos
     k = r.varint("k", numel)
     vbytes = value_payload_bytes(values, k)

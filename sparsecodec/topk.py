@@ -3,8 +3,8 @@
 Frame body (after the 5-byte preamble, see :mod:`sparsecodec.frame`)::
 
     header   dtype, ndim, dims                      (tensor header)
-    header   config byte: bits 0-3 index coder id, bits 4-6 value coder id,
-             bit 7 = non-finite values allowed
+    header   config byte: bits 0-3 index coder id, bits 4-6 value coder id (7: the id
+             follows as a varint of id - 7), bit 7 = non-finite values allowed
     index    varint k, then the index coder's payload (parameters derived from numel, k)
     values   k values in the value format (a size fixed by k, so the index payload length is
              implied; see :mod:`sparsecodec.values`)
@@ -50,7 +50,8 @@ from .indices import INDEX_CODERS, decode_indices, encode_indices, encode_indice
 from .reconstruction import Reconstruction, SparseRecon
 from .registry import register_codec
 from .selection import check_finite, topk_indices, topk_select
-from .values import VALUE_CODERS, decode_values, encode_values, value_coder_name, value_payload_bytes
+from .values import (MAX_VALUE_WIRE_ID, VALUE_CODERS, VALUE_ID_ESCAPE, decode_values, encode_values,
+                     value_coder_name, value_payload_bytes)
 
 __all__ = ["TopK", "k_for", "K_RULES"]
 
@@ -63,6 +64,15 @@ def index_coder_names() -> dict[int, str]:
 
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def read_value_coder(r: FrameReader, config: int) -> str:
+    """The value coder a TopK body names: bits 4-6 of its config byte, or, when they hold the
+    escape (7), the varint after it (section ``header``); CorruptFrameError if unknown."""
+    value_id = (config >> 4) & 0x07
+    if value_id == VALUE_ID_ESCAPE:
+        value_id += r.varint("extended value coder id", MAX_VALUE_WIRE_ID - VALUE_ID_ESCAPE)
+    return value_coder_name(value_id)
 
 
 def k_for(numel: int, *, k: int | None = None, density: float | None = None,
@@ -183,9 +193,13 @@ class TopK(Codec):
             coder, payload = self.index, encode_indices(idx, numel, self.index)
         # vals is always a new array here (a gather), so the coder may keep it as v_hat
         vbytes, vhat = encode_values(vals, self.values, allow_nonfinite=self.allow_nonfinite, owned=True)
-        config = INDEX_CODERS[coder] | (VALUE_CODERS[self.values] << 4) | (0x80 if self.allow_nonfinite else 0)
+        vid = VALUE_CODERS[self.values]
+        config = (INDEX_CODERS[coder] | (min(vid, VALUE_ID_ESCAPE) << 4)
+                  | (0x80 if self.allow_nonfinite else 0))
         w.tensor_header(dtype, shape)
         w.u8(config, "header")
+        if vid >= VALUE_ID_ESCAPE:          # an id past the config byte's 3 bits follows it
+            w.varint(vid - VALUE_ID_ESCAPE, "header")
         w.varint(idx.size, "index")
         w.raw(payload, "index")
         w.raw_view(vbytes, "values")   # vhat (which it may view) is not written before finish()
@@ -257,11 +271,11 @@ class TopK(Codec):
         if dtype not in _FLOATS:
             raise CorruptFrameError(f"a topk frame must hold float32/float64, header says {dtype}")
         config = r.u8("config byte")
-        index_id, value_id, nonfinite = config & 0x0F, (config >> 4) & 0x07, bool(config & 0x80)
+        index_id, nonfinite = config & 0x0F, bool(config & 0x80)
         names = index_coder_names()
         if index_id not in names:
             raise CorruptFrameError(f"unknown index coder id {index_id}")
-        vcoder = value_coder_name(value_id)
+        vcoder = read_value_coder(r, config)
         k = r.varint("k", numel)
         values_len = value_payload_bytes(vcoder, k)
         if values_len > r.remaining:

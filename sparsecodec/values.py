@@ -51,11 +51,14 @@ import numpy as np
 from .errors import ConfigError, CorruptFrameError
 
 __all__ = ["ValueCoder", "register_value_coder", "value_coder", "VALUE_CODERS", "VALUE_BYTES",
-           "value_payload_bytes", "encode_values", "decode_values"]
+           "value_payload_bytes", "encode_values", "decode_values", "VALUE_ID_ESCAPE",
+           "MAX_VALUE_WIRE_ID"]
 
-#: Wire ids live in bits 4-6 of a TopK frame's config byte (and a compact message's plan):
-#: 0-7, stable forever.
-MAX_VALUE_WIRE_ID = 7
+#: Wire ids, stable forever. Ids 0-6 live in bits 4-6 of a TopK frame's config byte; 7 there is
+#: an escape: the id follows the config byte as a varint of ``id - 7``, so ids 7..134 cost one
+#: byte more per frame (a compact message takes the coder from its spec and sends no id).
+VALUE_ID_ESCAPE = 7
+MAX_VALUE_WIRE_ID = VALUE_ID_ESCAPE + 127   # the escape's varint stays one byte
 
 
 @dataclass(frozen=True)

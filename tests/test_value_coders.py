@@ -168,7 +168,8 @@ def test_a_new_value_coder_is_one_record_and_one_registration(scratch_table):
     def dec(data, k, dtype, allow_nonfinite):
         return np.frombuffer(data, "<f4", count=k)[::-1].astype(dtype)
 
-    vc.register_value_coder(vc.ValueCoder("rev32", 7, lambda k: 4 * k, enc, dec, ef_exact=True))
+    # an id past the config byte's three bits: TopK frames write it after the escape (7)
+    vc.register_value_coder(vc.ValueCoder("rev32", 9, lambda k: 4 * k, enc, dec, ef_exact=True))
     x = np.random.default_rng(1).standard_normal(200).astype(np.float32)
     codec = sc.TopK(k=9, values="rev32")
     frame, x_hat = codec.encode_and_reconstruct(x)
@@ -177,8 +178,10 @@ def test_a_new_value_coder_is_one_record_and_one_registration(scratch_table):
     tensors = {"w": x.reshape(10, 20)}
     spec = sc.MessageSpec.from_tensors(tensors, codec)
     assert np.array_equal(sc.decode_packed(bytes(sc.encode_packed(tensors, spec)), spec)["w"].reshape(-1), x_hat)
-    with pytest.raises(ConfigError, match="wire ids are 0..7"):
-        vc.register_value_coder(vc.ValueCoder("x", 8, lambda k: k, enc, dec, ef_exact=True))
+    config = bytes(frame)[5 + 5]                # after the preamble and a 1-D tensor header
+    assert (config >> 4) & 7 == vc.VALUE_ID_ESCAPE and bytes(frame)[11] == 9 - vc.VALUE_ID_ESCAPE
+    with pytest.raises(ConfigError, match="wire ids are 0..134"):
+        vc.register_value_coder(vc.ValueCoder("x", 135, lambda k: k, enc, dec, ef_exact=True))
 
 
 @pytest.mark.parametrize("algorithm", ["ec", "ef21", "flare", "fedavg-topk", "sparse-proxskip"])
@@ -227,3 +230,4 @@ def test_topk_reconstruction_does_not_alias_the_frame():
     v_hat[:] = 0.0
     assert bytes(frame) == before
     assert np.array_equal(sc.decode(frame)[idx], x[idx])
+
