@@ -18,6 +18,8 @@ name       bytes (k)     rounding                                             EF
                          rounded up (:mod:`sparsecodec.values_q8b`)
 ``sign``   4 + ceil(k/8) ``±s``, ``s = mean |v|`` per tensor, scaled sign     bounded
                          (:mod:`sparsecodec.values_sign`)
+``signb``  2 + ceil(k/8) ``sign`` with a bfloat16 scale (wire id 7, escaped)     bounded
+                         (:mod:`sparsecodec.values_signb`)
 =========  ============  ===================================================  ==========
 
 All values are little-endian on the wire. The payload size is a function of ``k`` alone, so
@@ -214,6 +216,6 @@ register_value_coder(ValueCoder("bf16", 2, _fixed_width(2), _bf16_encode, _bf16_
 
 #: Coders in their own modules, each registering its record on import: a new coder is one
 #: module plus one entry here.
-_CODER_MODULES = ("values_q8", "values_sign", "values_q8b")
+_CODER_MODULES = ("values_q8", "values_sign", "values_q8b", "values_signb")
 for _module in _CODER_MODULES:
     importlib.import_module(f".{_module}", __package__)

@@ -56,7 +56,7 @@ def _corpus(rng: np.random.Generator):
         add(f"topk-{index}", codec.encode(x), generic)
     for values in ("fp16", "bf16", "fp64"):
         add(f"topk-{values}", sc.TopK(k=9, values=values, checksum=True).encode(x64), generic)
-    for values in ("q8", "q8b", "sign"):   # no checksum: mutations reach the scale and the packed values
+    for values in ("q8", "q8b", "sign", "signb"):   # no checksum: mutations reach the scale and the packed values
         add(f"topk-{values}", sc.TopK(k=13, values=values).encode(x), generic)
     add("topk-nonfinite", sc.TopK(k=3, values="bf16", allow_nonfinite=True).encode(
         np.array([np.nan, 1.0, -np.inf, 0.0], np.float32)), generic)

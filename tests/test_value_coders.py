@@ -10,10 +10,10 @@ from hypothesis.extra import numpy as hnp
 
 import sparsecodec as sc
 from sparsecodec import values as vc
-from sparsecodec.errors import ConfigError, CorruptFrameError
+from sparsecodec.errors import ConfigError, CorruptFrameError, FrameError
 
 QUANTIZED = ("q8", "sign")
-WITH_Q8B = QUANTIZED + ("q8b",)   # q8b's own crafted-payload tests: tests/test_values_scope.py
+WITH_Q8B = QUANTIZED + ("q8b", "signb")   # q8b's own crafted-payload tests: tests/test_values_scope.py
 floats32 = st.floats(-2.0**100, 2.0**100, width=32, allow_subnormal=True)
 
 
@@ -189,7 +189,7 @@ def test_fl_configs_select_value_coders_by_name(algorithm):
     from fl.algorithms import get_algorithm
 
     algo = get_algorithm(algorithm)
-    for coder in ("q8", "q8b", "sign"):
+    for coder in ("q8", "q8b", "sign", "signb"):
         assert algo.make_config(values=coder).codec().values == coder
     with pytest.raises(Exception, match="q8"):      # the error lists the choices
         algo.make_config(values="q4")
@@ -231,3 +231,40 @@ def test_topk_reconstruction_does_not_alias_the_frame():
     assert bytes(frame) == before
     assert np.array_equal(sc.decode(frame)[idx], x[idx])
 
+
+def test_signb_is_sign_with_a_bfloat16_scale_behind_the_escape():
+    v = np.array([1.0, -0.5, 0.25, -2.0], np.float32)
+    data, vhat = vc.encode_values(v, "signb")
+    assert len(data) == 3 and data[2] == 0b1010
+    assert data[:2] == (np.array([0.9375], np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
+    assert np.array_equal(vhat, np.float32(0.9375) * np.sign(v))
+    x = np.linspace(-1, 1, 40, dtype=np.float32)
+    sign, signb = (sc.TopK(k=9, values=c).encode(x) for c in ("sign", "signb"))
+    # one header byte more (the escaped id), two scale bytes fewer
+    assert signb.sections["header"] == sign.sections["header"] + 8
+    assert signb.sections["values"] == sign.sections["values"] - 16
+    assert sc.inspect_frame(bytes(signb)).tensors[0].value_coder == "signb"
+
+
+def test_crafted_escaped_value_ids_and_signb_payloads_are_frame_errors():
+    good = _frame("signb")
+    at = 5 + 5                                   # the config byte of a 1-D float32 frame
+    assert (good[at] >> 4) & 7 == vc.VALUE_ID_ESCAPE and good[at + 1] == 0
+    for ext, match in ((5, "unknown value coder id 12"), (127, "unknown value coder id 134"),
+                       (0x80, "varint|extended value coder id")):
+        data = bytearray(good)
+        data[at + 1] = ext
+        with pytest.raises(FrameError, match=match):
+            sc.decode(bytes(data))
+    with pytest.raises(FrameError):              # cut right after the escape
+        sc.decode(bytes(good[:at + 1]))
+    vat = len(good) - vc.value_payload_bytes("signb", 9)
+    for bits, match in ((0x8000, "scale"), (0x7F80, "scale"), (0x7FC0, "scale"), (0xBF80, "scale")):
+        data = bytearray(good)
+        data[vat:vat + 2] = bits.to_bytes(2, "little")
+        with pytest.raises(CorruptFrameError, match=match):
+            sc.decode(bytes(data))
+    data = bytearray(good)
+    data[-1] |= 0x80
+    with pytest.raises(CorruptFrameError, match="padding"):
+        sc.decode(bytes(data))

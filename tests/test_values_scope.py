@@ -81,7 +81,8 @@ def test_round_trip_and_sections(seed, values, values_scope, scope):
 
 @pytest.mark.parametrize("values, tensor_bits, message_bits", [
     ("fp32", 32 * 14, 32 * 14), ("q8", 8 * 32 + 8 * 14, 32 + 8 * 14),
-    ("q8b", 8 * 16 + 8 * 14, 16 + 8 * 14), ("sign", 8 * 32 + 8 * 8, 32 + 8 * 2)])
+    ("q8b", 8 * 16 + 8 * 14, 16 + 8 * 14), ("sign", 8 * 32 + 8 * 8, 32 + 8 * 2),
+    ("signb", 8 * 16 + 8 * 8, 16 + 8 * 2)])
 def test_flare_like_value_bits(values, tensor_bits, message_bits):
     """8 tensors, k = 1..2, 14 values: message scope sends one scale."""
     model = _flare_like(np.random.default_rng(2))
@@ -183,7 +184,7 @@ def test_q8b_crafted_payloads_are_corrupt(scale, q, what):
 def test_truncated_and_corrupted_message_blocks_raise_frame_errors():
     rng = np.random.default_rng(4)
     model = _flare_like(rng)
-    for values in ("q8", "q8b", "sign"):
+    for values in ("q8", "q8b", "sign", "signb"):
         spec = _spec(model, values, "message")
         for checksum in (True, False):
             data = bytes(sc.encode_packed(model, spec, checksum=checksum))
