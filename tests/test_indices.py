@@ -165,6 +165,11 @@ def test_golomb_table_path_matches_the_reference_on_large_supports():
             # an output too small for the stream is refused, not overrun
             short = np.zeros(bits // 16, np.uint8)
             assert golomb_scan_encode(idx, numel, m, c, cutoff, short, words, nbits)[1] < 0
+    # a huge numel: m ~ 1.5e8, 28-bit remainders, every table gap has q = 0
+    numel = 2**40 + 3
+    idx = np.unique(rng.integers(0, numel, 6000, dtype=np.int64))
+    m = ix.golomb_parameter(numel, idx.size)[0]
+    assert idx.size >= TABLE_MAX and ix.encode_indices(idx, numel, "golomb") == ref.golomb_encode(idx, numel, m)
 
 
 @pytest.mark.parametrize("coder", KERNEL_CODERS)
