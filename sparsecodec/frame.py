@@ -242,6 +242,8 @@ class FrameWriter:
         self._count(section, len(b))
 
     def raw(self, data, section: str) -> None:
+        """Append the bytes of any buffer; a large ``bytes`` object is kept by reference (it is
+        immutable), anything else is copied now, so the caller may reuse it."""
         if type(data) is bytes and len(data) >= _BY_REFERENCE:
             self._keep(data, len(data))          # immutable: safe to hold until finish()
             self._count(section, len(data))
