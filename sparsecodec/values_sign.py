@@ -39,6 +39,15 @@ def _payload_bytes(k: int) -> int:
     return 4 + (k + 7) // 8 if k else 0
 
 
+def unpack_signs(data, offset: int, k: int, name: str) -> np.ndarray:
+    """The k sign bits at byte ``offset`` (LSB first, 1 = negative), refusing non-zero
+    padding bits (an encoder writes zeros there). Shared with :mod:`.values_signb`."""
+    packed = np.frombuffer(data, np.uint8, offset=offset, count=(k + 7) // 8)
+    if k % 8 and packed[-1] >> (k % 8):
+        raise CorruptFrameError(f"{name} payload has non-zero padding bits after its k signs: corrupt or crafted")
+    return np.unpackbits(packed, count=k, bitorder="little").astype(bool)
+
+
 def _reconstruct(negative: np.ndarray, scale: np.float32, dtype: np.dtype) -> np.ndarray:
     s = dtype.type(scale)
     return np.where(negative, -s, s).astype(dtype, copy=False)
@@ -63,11 +72,7 @@ def _decode(data, k: int, dtype: np.dtype, allow_nonfinite: bool) -> np.ndarray:
     scale = np.frombuffer(data, "<f4", count=1)[0]
     if not np.isfinite(scale) or np.signbit(scale):
         raise CorruptFrameError(f"sign scale {float(scale)!r} is not a finite float32 >= 0: corrupt or crafted")
-    packed = np.frombuffer(data, np.uint8, offset=4, count=(k + 7) // 8)
-    if k % 8 and packed[-1] >> (k % 8):
-        raise CorruptFrameError("sign payload has non-zero padding bits after its k signs: corrupt or crafted")
-    negative = np.unpackbits(packed, count=k, bitorder="little").astype(bool)
-    return _reconstruct(negative, scale, dtype)
+    return _reconstruct(unpack_signs(data, 4, k, "sign"), scale, dtype)
 
 
 SIGN = register_value_coder(ValueCoder("sign", 5, _payload_bytes, _encode, _decode, ef_exact=False,

@@ -33,7 +33,7 @@ import numpy as np
 
 from .errors import ConfigError, CorruptFrameError
 from .values import ValueCoder, _bf16_bits, register_value_coder
-from .values_sign import _reconstruct
+from .values_sign import _reconstruct, unpack_signs
 
 
 def _payload_bytes(k: int) -> int:
@@ -65,11 +65,7 @@ def _decode(data, k: int, dtype: np.dtype, allow_nonfinite: bool) -> np.ndarray:
     scale = _scale(bits)
     if not np.isfinite(scale) or bits & 0x8000:
         raise CorruptFrameError(f"signb scale {float(scale)!r} is not a finite bfloat16 >= +0: corrupt or crafted")
-    packed = np.frombuffer(data, np.uint8, offset=2, count=(k + 7) // 8)
-    if k % 8 and packed[-1] >> (k % 8):
-        raise CorruptFrameError("signb payload has non-zero padding bits after its k signs: corrupt or crafted")
-    negative = np.unpackbits(packed, count=k, bitorder="little").astype(bool)
-    return _reconstruct(negative, scale, dtype)
+    return _reconstruct(unpack_signs(data, 2, k, "signb"), scale, dtype)
 
 
 SIGNB = register_value_coder(ValueCoder("signb", 7, _payload_bytes, _encode, _decode, ef_exact=False,
