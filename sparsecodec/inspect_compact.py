@@ -27,11 +27,11 @@ bytes as ``_bundle``, and the bound beside them.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import numpy as np
 
+from .bounds import topk_index_bits
 from .errors import ConfigError
 from .frame import FLAG_CHECKSUM, MAGIC
 from .inspect import BUNDLE_OVERHEAD, MessageReport, TensorReport
@@ -48,10 +48,6 @@ def peek_wire_id(data) -> int | None:
     except TypeError:
         return None
     return head[4] if len(head) == 5 and head[:2] == MAGIC else None
-
-
-def _log2_comb(n: int, k: int) -> float:
-    return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(2)
 
 
 def _has_crc(data) -> bool:
@@ -81,7 +77,7 @@ def inspect_packed(data, *, spec=None, max_numel: int, **_: Any) -> MessageRepor
         value_coder = codec.values if isinstance(codec, TopK) else None
         bound = None
         if topk and spec.scope == "tensor":
-            bound = _log2_comb(numel, ks[name]) + per.get("values", 0)
+            bound = topk_index_bits(numel, ks[name]) + per.get("values", 0)
         elif not topk:       # its payload as coded: the codec's own business
             bound = float(sum(v for s, v in per.items() if s not in ("header", "checksum")))
         tensors.append(TensorReport(
@@ -121,7 +117,7 @@ def inspect_patch(data, *, spec=None, schema=None, max_numel: int, **_: Any) -> 
             name=name, codec="patch", wire_id=PATCH_WIRE_ID, dtype=dtype, shape=tuple(shape),
             numel=numel, sections=patch.sections.get(name, {}), k=k,
             value_coder=f"raw {np.dtype(dtype).name}",
-            bound_bits=_log2_comb(numel, k) + 8 * np.dtype(dtype).itemsize * k,
+            bound_bits=topk_index_bits(numel, k) + 8 * np.dtype(dtype).itemsize * k,
             bound="log2 C(n,k) + raw values (iid support)"))
     notes = (f"base version {patch.base} -> version {patch.version}, "
              f"target digest {patch.digest:08x}",)

@@ -52,7 +52,6 @@ A message-scoped value block shares one scale between the tensors (27 values, q8
 from __future__ import annotations
 
 import json
-import math
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -64,6 +63,7 @@ from ._compact import (OVERHEAD, SupportEntry, attribute_overhead, close_read_se
                        finish_writer, open_reader, read_supports, section_adder, start_writer,
                        write_supports)
 from .abc import Codec, body_reconstruction
+from .bounds import topk_index_bits
 from .bundle import Schema, _codec_for, global_indices
 from .errors import ConfigError, CorruptFrameError, LimitExceededError
 from .frame import DEFAULT_MAX_NUMEL, Frame, FrameReader, FrameWriter
@@ -398,10 +398,6 @@ def decode_packed(data, spec: MessageSpec, *, max_numel: int = DEFAULT_MAX_NUMEL
     return {name: out[name] for name in names}
 
 
-def _log2_comb(n: int, k: int) -> float:
-    return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(2)
-
-
 def message_bound_bits(plan: "_Plan", ks: Mapping[int, int], per: Sections) -> float:
     """What a compact message's information requires, with zero fixed overhead: each support
     at ``log2 C(n, k)`` (one ``log2 C(sum n, K)`` for a global top-k; the bound for iid
@@ -409,9 +405,9 @@ def message_bound_bits(plan: "_Plan", ks: Mapping[int, int], per: Sections) -> f
     as coded (their codec's own business)."""
     total = 0.0
     if plan.spec.scope == "global":
-        total += _log2_comb(sum(plan.numels[i] for i in plan.topk), sum(ks.values()))
+        total += topk_index_bits(sum(plan.numels[i] for i in plan.topk), sum(ks.values()))
     else:
-        total += sum(_log2_comb(plan.numels[i], ks[i]) for i in plan.topk)
+        total += sum(topk_index_bits(plan.numels[i], ks[i]) for i in plan.topk)
     for i in plan.topk:
         total += per.get(plan.names[i], {}).get("values", 0)
     for i in plan.other:

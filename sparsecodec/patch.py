@@ -40,7 +40,6 @@ instead of silently diverging; the sender then answers with the dense model.
 
 from __future__ import annotations
 
-import math
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -50,6 +49,7 @@ import numpy as np
 from ._arrays import as_numpy
 from ._compact import (SupportEntry, attribute_overhead, close_read_sections, finish_writer,
                        open_reader, read_supports, section_adder, start_writer, write_supports)
+from .bounds import topk_index_bits
 from .bundle import Schema
 from .errors import ConfigError, LimitExceededError, SparseCodecError
 from .frame import DEFAULT_MAX_NUMEL, Frame
@@ -116,7 +116,7 @@ def patch_bound_bits(schema: Schema, ks: Mapping[str, int]) -> float:
     for name, dtype, shape in schema.entries:
         k = int(ks.get(name, 0))
         n = _numel(shape)
-        total += (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(2)
+        total += topk_index_bits(n, k)
         total += 8 * np.dtype(dtype).itemsize * k
     return total
 
