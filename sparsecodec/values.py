@@ -174,6 +174,11 @@ def _bf16_bits(v32: np.ndarray) -> np.ndarray:
     return rounded.astype(np.uint16)
 
 
+def bf16_value(bits: int) -> np.float32:
+    """The float32 a bfloat16 bit pattern stands for (the scales of ``q8b`` and ``signb``)."""
+    return np.array([int(bits) << 16], np.uint32).view(np.float32)[0]
+
+
 def _ieee(wire: str, name: str):
     def encode(v: np.ndarray, allow_nonfinite: bool) -> tuple[bytes, np.ndarray]:
         if name == "fp16" and v.size and float(np.max(np.abs(v[np.isfinite(v)]), initial=0.0)) > _FP16_MAX:

@@ -43,6 +43,7 @@ import numpy as np
 
 from .errors import ConfigError, CorruptFrameError
 from .values import ValueCoder, register_value_coder
+from .values import bf16_value as _scale
 from .values_q8 import _QMAX, reconstruct, reject_minus_128
 #: bfloat16 bit pattern of the largest scale whose 127 multiple is finite in float32.
 _MAX_BITS = int((np.array([np.finfo(np.float32).max / _QMAX], np.float32).view(np.uint32)[0]) >> 16)
@@ -50,10 +51,6 @@ _MAX_BITS = int((np.array([np.finfo(np.float32).max / _QMAX], np.float32).view(n
 
 def _payload_bytes(k: int) -> int:
     return 2 + k if k else 0
-
-
-def _scale(bits: int) -> np.float32:
-    return np.array([bits << 16], np.uint32).view(np.float32)[0]
 
 
 def _fits(bits: int, peak: float) -> bool:

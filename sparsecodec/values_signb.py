@@ -33,15 +33,12 @@ import numpy as np
 
 from .errors import ConfigError, CorruptFrameError
 from .values import ValueCoder, _bf16_bits, register_value_coder
+from .values import bf16_value as _scale
 from .values_sign import _reconstruct, unpack_signs
 
 
 def _payload_bytes(k: int) -> int:
     return 2 + (k + 7) // 8 if k else 0
-
-
-def _scale(bits: int) -> np.float32:
-    return np.array([bits << 16], np.uint32).view(np.float32)[0]
 
 
 def _encode(v: np.ndarray, allow_nonfinite: bool) -> tuple[bytes, np.ndarray]:
