@@ -7,7 +7,6 @@ import re
 import subprocess
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DOC_REF = re.compile(r"docs/([A-Za-z0-9_]+\.md)")
@@ -16,13 +15,22 @@ HEADING_REF = re.compile(r"docs/([A-Za-z0-9_]+\.md)[,:]?\s*(?:#:?\s*)?[\"'“]([
 LINK = re.compile(r"\]\(([A-Za-z0-9_./-]+\.md)(?:#[^)]*)?\)")
 
 
-def _tracked_texts():
+_NOT_SOURCES = {".git", ".venv", "runs", ".hypothesis", ".pytest_cache", "__pycache__"}
+
+
+def _files() -> list[str]:
+    """The tracked files; outside a git checkout (an unpacked sdist), every file of the tree
+    but the virtualenv, run outputs and caches."""
     try:
-        out = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout.split()
+        return subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.split()
     except (OSError, subprocess.CalledProcessError):
-        pytest.skip("not a git checkout: the tracked files cannot be listed")
-    for name in out:
+        return [str(p.relative_to(REPO)) for p in REPO.rglob("*")
+                if p.is_file() and not _NOT_SOURCES & set(p.relative_to(REPO).parts)]
+
+
+def _tracked_texts():
+    for name in _files():
         path = REPO / name
         # this file names the patterns it looks for
         if (name.endswith((".py", ".toml", ".md", ".json")) and not name.startswith("tests/golden/")
