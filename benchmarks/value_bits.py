@@ -7,7 +7,7 @@ round 100, each with ``values = "fp32" | "q8" | "q8b" | "sign" | "signb"`` and `
 value block, so one scale, per message), and tabulates what the receivers read off the bytes
 (the ledger's ``values`` sections of every uplink message)::
 
-    python -m benchmarks.value_bits run ec-demo                  # 3 seeds x 3 coders (~3 min)
+    python -m benchmarks.value_bits run ec-demo                  # 3 seeds x 5 coders (~5 min)
     python -m benchmarks.value_bits run ec-demo-mlp              # the same on today's demo model
     python -m benchmarks.value_bits run flare-t2 --values q8     # one coder (~25 min here)
     python -m benchmarks.value_bits run ec-demo --values q8b --values-scope message

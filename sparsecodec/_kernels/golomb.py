@@ -150,8 +150,9 @@ def golomb_scan_encode(idx, numel, m, c, cutoff, out, table_words, table_nbits):
     :func:`golomb_table`'s for ``(m, c, cutoff)``, or empty arrays. Returns
     ``(status, bits written, repeated gaps)``; on ERR_RANGE / ERR_ORDER ``out`` holds junk.
 
-    Two things make it about 2x faster than :func:`golomb_encode` (measured at density
-    0.1): a gap below the table size takes its codeword from the table (two loads instead
+    Two things made it about 2x faster than its :func:`put_bits` version (3.7 -> 1.8 ms for
+    k = 1e6 of n = 1e7; ``encode_indices_auto`` in ``python tools/topk_encode_ratio.py``
+    times it today): a gap below the table size takes its codeword from the table (two loads instead
     of a division and the truncated-binary arithmetic), and the writer keeps at most 7
     pending bits: each codeword is ORed into the 64-bit register, the register is stored
     (8 bytes, big-endian) at the current byte, and the whole bytes are shifted out, so
